@@ -1,0 +1,145 @@
+"""Train the bundled nuclei models from ../shared/data/dsb2018 (CC0).
+
+    python scripts/train_bundled.py unet --run-dir ~/instseg-runs/unet [--resume]
+
+Runs are resumable (``--resume``) and log to ``RUN_DIR/log.csv``; the best
+model by validation AP50 is ``RUN_DIR/best.safetensors``. Copy it to
+``src/napari_instseg/weights/nuclei-unet.safetensors`` with ``--install``
+(stored as float16). The same script runs on CPU or GPU (``--device``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import tifffile
+import torch
+
+from napari_instseg.core.data import AnnotatedImage
+from napari_instseg.core.models import checkpoint
+from napari_instseg.core.models.registry import (
+    LoadedModel,
+    ModelInfo,
+    build_model,
+    bundled_weights_path,
+    resolve_device,
+)
+from napari_instseg.core.train import TrainConfig, UNetTrainer
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
+UNET_CONFIG = {
+    "in_channels": 3,
+    "num_classes": 3,
+    "widths": [16, 32, 64, 128, 256],
+    "norm": "batch",
+}
+NORMALIZATION = {"low": 1.0, "high": 99.8}
+
+
+def load_split(data: Path, split: str, limit: int | None = None) -> list[AnnotatedImage]:
+    with open(data / "manifest.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+    samples = []
+    for row in rows[:limit]:
+        image = tifffile.imread(data / split / "images" / f"{row['id']}.tif")
+        labels = tifffile.imread(data / split / "masks" / f"{row['id']}.tif")
+        samples.append(AnnotatedImage.create(row["id"], image, labels, NORMALIZATION))
+    return samples
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=["unet"])
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--iterations", type=int, default=6000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--crop-size", type=int, default=256)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help="only copy RUN_DIR/best.safetensors into the package (fp16)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    if args.install:
+        state, metadata = checkpoint.load_checkpoint(args.run_dir / "best.safetensors")
+        metadata.pop("format_version")
+        target = bundled_weights_path("nuclei-unet")
+        checkpoint.save_checkpoint(target, state, metadata, half_precision=True)
+        print(f"installed {target} ({target.stat().st_size / 1e6:.1f} MB)")
+        return 0
+
+    device = resolve_device(args.device)
+    config = TrainConfig(
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        val_every=args.val_every,
+        seed=args.seed,
+    )
+    config.augment.crop_size = args.crop_size
+    info = ModelInfo(
+        name="nuclei-unet",
+        architecture="unet",
+        config=UNET_CONFIG,
+        class_names=["background", "nucleus", "boundary"],
+        in_channels=3,
+        normalization=NORMALIZATION,
+        tile_size=512,
+        description="U-Net (background/nucleus/boundary) for nuclei, trained on DSB2018",
+        postprocess={"min_size": 8, "instance_class": "nucleus"},
+    )
+    module = build_model(info).to(device)
+    loaded = LoadedModel(module, info, device)
+    t0 = time.time()
+    train = load_split(args.data, "train", args.limit)
+    val = load_split(args.data, "val", args.limit)
+    print(
+        f"loaded {len(train)} train / {len(val)} val images in {time.time() - t0:.0f}s", flush=True
+    )
+    manifest_sha = hashlib.sha256((args.data / "manifest.csv").read_bytes()).hexdigest()
+    provenance = {
+        "data": "DSB2018 stage1_train (BBBC038), lopuhin fixes @30354551, CC0",
+        "manifest_sha256": manifest_sha,
+        "script": "scripts/train_bundled.py",
+        "git_commit": git_commit(),
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    trainer = UNetTrainer(loaded, train, val, config, args.run_dir, provenance)
+    if args.resume and trainer.resume():
+        print(f"resumed at iteration {trainer.state.iteration}", flush=True)
+    last_print = 0.0
+    for progress in trainer.run():
+        if time.time() - last_print > 60:
+            print(f"{progress.done}/{progress.total} {progress.message}", flush=True)
+            last_print = time.time()
+    print(f"done: best ap50 {trainer.state.best_score:.3f} at {trainer.state.best_iteration}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

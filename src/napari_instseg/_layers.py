@@ -1,0 +1,132 @@
+"""Core results -> napari layer data tuples (no Qt; testable with ViewerModel).
+
+Geometry: result layers copy the source layer's scale/translate/rotate/shear
+and affine. For a 2D result from one slice of a stack, the slice position is
+prepended so the result sits on that slice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core.types import InstanceResult, SemanticResult
+
+# Tag stored in layer.metadata so re-runs can find the layers this plugin made.
+TAG = "napari_instseg"
+
+CLASS_COLORS = ["#ff8c00", "#00e5ff", "#ff3df5", "#7cff4f", "#ffe14d", "#ff4d4d", "#4d7cff"]
+
+
+def geometry_from(source_layer, n_leading: int = 0, leading_position=()) -> dict:
+    """Transform kwargs copying ``source_layer``'s world placement.
+
+    ``n_leading`` leading axes of the source are dropped (a 2D result of one
+    slice) unless ``leading_position`` gives their index, which is then
+    prepended as a translate so the result lands on that slice.
+    """
+    if source_layer is None:
+        return {}
+    scale = np.asarray(source_layer.scale, float)
+    translate = np.asarray(source_layer.translate, float)
+    if getattr(source_layer, "rgb", False):
+        pass  # napari's scale/translate of an RGB layer exclude the channel axis
+    keep = (
+        slice(n_leading - len(leading_position), None)
+        if leading_position
+        else slice(n_leading, None)
+    )
+    scale, translate = scale[keep].copy(), translate[keep].copy()
+    for i, position in enumerate(leading_position):
+        translate[i] += position * scale[i]
+    geometry = {"scale": tuple(scale), "translate": tuple(translate)}
+    if scale.size == source_layer.ndim:
+        geometry["rotate"] = source_layer.rotate
+        geometry["shear"] = source_layer.shear
+    return geometry
+
+
+def features_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:
+    """Per-instance columns; ``index`` maps label ids to rows in napari."""
+    from scipy import ndimage
+
+    ids = result.label_ids
+    areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
+    table = {
+        "index": ids.astype(np.int64),
+        "label": ids.astype(np.int64),
+        "class_name": np.array(result.instance_class_names, dtype=object),
+        "score": result.scores.astype(float),
+        "area": areas[ids] if len(ids) else np.zeros(0, np.int64),
+    }
+    if intensity is not None and intensity.shape[: result.labels.ndim] == result.labels.shape:
+        gray = intensity if intensity.ndim == result.labels.ndim else intensity.mean(-1)
+        table["mean_intensity"] = (
+            np.asarray(ndimage.mean(gray, result.labels, ids)) if len(ids) else np.zeros(0)
+        )
+    return table
+
+
+def labels_layer(result: InstanceResult, name: str, geometry: dict, intensity=None, model=""):
+    return (
+        result.labels,
+        {
+            "name": name,
+            "features": features_table(result, intensity),
+            "metadata": {TAG: {"kind": "instances", "model": model}},
+            **geometry,
+        },
+        "labels",
+    )
+
+
+def boxes_layer(result: InstanceResult, name: str, geometry: dict, model="", show_text=False):
+    """Rectangles around each instance, (row, col) corners with max exclusive,
+    the slice coordinate prepended for stacks."""
+    n = len(result)
+    boxes = result.boxes.astype(float)
+    rectangles = np.zeros((n, 4, 2), float)
+    y0, x0, y1, x1 = boxes.T if n else (np.zeros(0),) * 4
+    rectangles[:, :, 0] = np.stack([y0, y0, y1, y1], 1) - 0.5 if n else 0
+    rectangles[:, :, 1] = np.stack([x0, x1, x1, x0], 1) - 0.5 if n else 0
+    stack_shape = result.labels.shape[:-2]
+    if stack_shape:
+        positions = np.array(np.unravel_index(result.stack_index, stack_shape)).T
+        positions = np.repeat(positions[:, None, :], 4, axis=1).astype(float)
+        rectangles = np.concatenate([positions, rectangles], axis=2)
+    class_names = result.instance_class_names
+    palette = {c: CLASS_COLORS[i % len(CLASS_COLORS)] for i, c in enumerate(result.class_names[1:])}
+    kwargs = {
+        "name": name,
+        "shape_type": "rectangle",
+        "edge_width": 1.5,
+        "face_color": "transparent",
+        "edge_color": [palette.get(c, CLASS_COLORS[0]) for c in class_names] or "orange",
+        "features": {
+            "label_id": result.label_ids.astype(np.int64),
+            "class_name": np.array(class_names, dtype=object),
+            "score": result.scores.astype(float),
+        },
+        "metadata": {TAG: {"kind": "boxes", "model": model}},
+        "ndim": len(stack_shape) + 2,
+        **geometry,
+    }
+    if show_text:
+        kwargs["text"] = {"string": "{class_name} {score:.2f}", "size": 8, "color": "white"}
+    return (list(rectangles), kwargs, "shapes")
+
+
+def classes_layer(result: SemanticResult, name: str, geometry: dict, model=""):
+    features = {
+        "index": np.arange(len(result.class_names)),
+        "class_name": np.array(result.class_names, dtype=object),
+    }
+    return (
+        result.classes,
+        {
+            "name": name,
+            "features": features,
+            "metadata": {TAG: {"kind": "classes", "model": model}},
+            **geometry,
+        },
+        "labels",
+    )

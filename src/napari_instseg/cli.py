@@ -1,0 +1,310 @@
+"""The ``napari-instseg`` command line: models, predict, evaluate, demo.
+
+Errors are printed as one line (``error: FILE: reason``) without a traceback
+unless ``--debug``; a batch keeps going past a bad file and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+class CommandError(Exception):
+    """A failure to report as one line, without a traceback."""
+
+
+def _error(message: str) -> None:
+    lines = str(message).strip().splitlines() or ["unknown error"]
+    print(f"error: {lines[0]}", file=sys.stderr)
+
+
+def _expand_inputs(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename, so an
+    interrupted run never leaves a half-written output."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def cmd_models(args) -> int:
+    from .core.models.registry import _REGISTRY
+
+    width = max(len(n) for n in _REGISTRY)
+    for name, entry in _REGISTRY.items():
+        state = "ready" if entry.available() else "not downloaded/installed"
+        print(f"{name:<{width}}  {entry.description} [{state}]")
+    return EXIT_OK
+
+
+# --- predict ------------------------------------------------------------------------------
+
+
+def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> None:
+    import tifffile
+
+    _atomic_write(
+        outdir / f"{stem}_labels.tif",
+        lambda p: tifffile.imwrite(p, instances.labels, compression="zlib"),
+    )
+    if semantic is not None:
+        _atomic_write(
+            outdir / f"{stem}_semantic.tif",
+            lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
+        )
+    stack_shape = instances.labels.shape[:-2]
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            header = [
+                "label_id",
+                "class_id",
+                "class_name",
+                "score",
+                "y_min",
+                "x_min",
+                "y_max",
+                "x_max",
+            ]
+            writer.writerow((["stack_index"] if stack_shape else []) + header)
+            names = instances.instance_class_names
+            for row in range(len(instances)):
+                lead = [int(instances.stack_index[row])] if stack_shape else []
+                box = [int(v) for v in instances.boxes[row]]
+                writer.writerow(
+                    lead
+                    + [
+                        int(instances.label_ids[row]),
+                        int(instances.class_ids[row]),
+                        names[row],
+                        f"{float(instances.scores[row]):.4f}",
+                        *box,
+                    ]
+                )
+
+    _atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
+
+
+def cmd_predict(args) -> int:
+    from tqdm import tqdm
+
+    from .core import predict
+    from .core.data import read_image
+    from .core.models.registry import load_model
+    from .core.types import Cancelled, InputError, ModelError
+
+    outdir = Path(args.outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        if not os.access(outdir, os.W_OK):
+            raise CommandError(f"{outdir}: output folder is not writable")
+        loaded = load_model(args.model, args.device)
+    except ModelError as err:
+        raise CommandError(str(err)) from None
+    except OSError as err:
+        raise CommandError(f"{outdir}: cannot create output folder ({err.strerror})") from None
+    files = _expand_inputs(args.inputs)
+    if not files:
+        raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
+    failures = 0
+    show = sys.stderr.isatty() or args.progress
+    for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
+        try:
+            image = read_image(path)
+            kwargs = dict(
+                device=args.device,
+                tile_size=args.tile_size,
+                overlap=args.overlap,
+                channel_axis=args.channel_axis,
+            )
+            with tqdm(total=0, desc=path.name, unit="tile", leave=False, disable=not show) as bar:
+
+                def report(step, bar=bar):
+                    bar.total = step.total
+                    bar.n = step.done
+                    bar.refresh()
+
+                if loaded.info.task == "semantic":
+                    semantic = predict.segment_semantic(
+                        image, loaded, progress=report, return_probabilities=False, **kwargs
+                    )
+                    instances = semantic.instances
+                else:
+                    semantic = None
+                    instances = predict.segment_instances(
+                        image,
+                        loaded,
+                        score_threshold=args.score_threshold,
+                        progress=report,
+                        **kwargs,
+                    )
+            _write_predictions(path.stem, outdir, instances, semantic)
+            if args.verbose:
+                print(f"{path}: {len(instances)} objects", file=sys.stderr)
+        except (InputError, ModelError, Cancelled, OSError, ValueError) as err:
+            if args.debug:
+                raise
+            failures += 1
+            _error(f"{path}: {err}")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+# --- evaluate -----------------------------------------------------------------------------
+
+
+def _pair_label_files(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
+    if gt.is_file() and pred.is_file():
+        return [(gt.stem, gt, pred)]
+    if not (gt.is_dir() and pred.is_dir()):
+        raise CommandError("GT and PRED must both be files or both be folders")
+    predicted = {
+        p.stem.removesuffix("_labels"): p
+        for p in pred.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES
+    }
+    pairs = []
+    for path in sorted(gt.iterdir()):
+        stem = path.stem.removesuffix("_labels")
+        if path.suffix.lower() in IMAGE_SUFFIXES and stem in predicted:
+            pairs.append((stem, path, predicted[stem]))
+    if not pairs:
+        raise CommandError(f"no file stems in common between {gt} and {pred}")
+    return pairs
+
+
+def cmd_evaluate(args) -> int:
+    from .core.data import read_image
+    from .core.metrics import score_dataset
+
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    pairs = _pair_label_files(Path(args.gt), Path(args.pred))
+
+    def load():
+        for name, gt, pred in pairs:
+            yield name, read_image(gt), read_image(pred)
+
+    try:
+        score = score_dataset(load(), thresholds)
+    except (OSError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    summary = score.total.summary()
+    print(
+        f"{len(pairs)} image(s), {summary['n_true']} true and {summary['n_pred']} predicted objects"
+    )
+    print(f"{'IoU':>5} {'AP':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'mIoU':>6} {'PQ':>6}")
+    for i, t in enumerate(summary["thresholds"]):
+        print(
+            f"{t:>5.2f} {summary['ap'][i]:>6.3f} {summary['precision'][i]:>6.3f} "
+            f"{summary['recall'][i]:>6.3f} {summary['f1'][i]:>6.3f} "
+            f"{summary['mean_iou'][i]:>6.3f} {summary['panoptic_quality'][i]:>6.3f}"
+        )
+    if args.json:
+        out = Path(args.json)
+        _atomic_write(
+            out,
+            lambda p: p.write_text(json.dumps({**summary, "per_image": score.per_image}, indent=1)),
+        )
+    return EXIT_OK
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(screenshot=args.screenshot, model=args.model)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-instseg",
+        description="Deep-learning segmentation of microscopy images (U-Net, Mask R-CNN).",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the available models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("predict", help="segment image files, writing labels and boxes")
+    p.add_argument("inputs", nargs="+", help="image files (TIFF, PNG, JPEG) or folders")
+    p.add_argument("--model", default="nuclei-unet", help="model name or .safetensors path")
+    p.add_argument("-o", "--outdir", default=".", help="output folder (default: .)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--tile-size", type=int, default=None)
+    p.add_argument("--overlap", type=int, default=None)
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument(
+        "--channel-axis",
+        type=int,
+        default=None,
+        help="axis of channels in a multichannel image (RGB is found itself)",
+    )
+    p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
+    p.add_argument("gt", help="ground-truth label image or folder")
+    p.add_argument("pred", help="predicted label image or folder (a _labels suffix is ignored)")
+    p.add_argument("--thresholds", default="0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="open napari with the nuclei sample, the widgets and a result")
+    p.add_argument("--model", default=None, help="model to run (default: the bundled ones)")
+    p.add_argument("--screenshot", help="save a screenshot of the window here and exit")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except CommandError as err:
+        if args.debug:
+            raise
+        _error(str(err))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

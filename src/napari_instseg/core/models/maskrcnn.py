@@ -1,0 +1,75 @@
+"""Mask R-CNN assembled from torchvision's parts with defaults for nuclei:
+a compact ResNet-FPN with trainable norm layers (from-scratch training),
+anchors from 8 px, and room for hundreds of detections per image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..torch_setup import import_torchvision_detection
+
+import_torchvision_detection()  # before any torchvision import: see torch_setup
+
+from torchvision.models.detection import MaskRCNN  # noqa: E402
+from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32 if channels % 32 == 0 else 8, channels)
+
+
+def build_maskrcnn(
+    num_classes: int = 2,
+    backbone: str = "resnet18",
+    norm: str = "batch",
+    anchor_sizes: Sequence[int] = (8, 16, 32, 64, 128),
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    detections_per_image: int = 500,
+    min_size: int = 512,
+    max_size: int = 1024,
+    box_batch_size_per_image: int = 256,
+    rpn_pre_nms_top_n_test: int = 2000,
+    rpn_post_nms_top_n_test: int = 1000,
+    box_score_thresh: float = 0.05,
+    torchvision_coco: bool = False,
+) -> MaskRCNN:
+    """A torchvision Mask R-CNN for inputs already normalised to about [0, 1].
+
+    ``num_classes`` includes background. The transform's mean/std are identity
+    because the engine normalises by percentiles itself, and at prediction time
+    the engine sets the transform's sizes so images are not resized.
+    """
+    if torchvision_coco:  # torchvision's own ResNet-50-FPN layout, for its COCO weights
+        from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+        return maskrcnn_resnet50_fpn(
+            weights=None,
+            weights_backbone=None,
+            num_classes=num_classes,
+            box_detections_per_img=detections_per_image,
+        )
+    norm_layer = {"batch": nn.BatchNorm2d, "group": _group_norm}[norm]
+    body = resnet_fpn_backbone(
+        backbone_name=backbone, weights=None, norm_layer=norm_layer, trainable_layers=5
+    )
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in anchor_sizes),
+        aspect_ratios=(tuple(aspect_ratios),) * len(anchor_sizes),
+    )
+    return MaskRCNN(
+        body,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        image_mean=[0.0, 0.0, 0.0],
+        image_std=[1.0, 1.0, 1.0],
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_detections_per_img=detections_per_image,
+        box_batch_size_per_image=box_batch_size_per_image,
+        box_score_thresh=box_score_thresh,
+    )

@@ -1,0 +1,104 @@
+"""A small U-Net for per-pixel classification (e.g. background / nucleus /
+boundary), built like torchvision's detection models: parts (encoder, decoder,
+head) composed by a builder that fills in defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"unknown norm {kind!r} (use 'batch' or 'group')")
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by a norm and ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNetEncoder(nn.Module):
+    """Returns the feature map of every level, finest first."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int], norm: str = "batch"):
+        super().__init__()
+        chans = [in_channels, *widths]
+        self.blocks = nn.ModuleList(
+            ConvBlock(chans[i], chans[i + 1], norm) for i in range(len(widths))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for i, block in enumerate(self.blocks):
+            if i:
+                x = F.max_pool2d(x, 2)
+            x = block(x)
+            features.append(x)
+        return features
+
+
+class UNetDecoder(nn.Module):
+    """Upsamples the coarsest features and fuses each finer level by concatenation."""
+
+    def __init__(self, widths: Sequence[int], norm: str = "batch"):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            ConvBlock(widths[i + 1] + widths[i], widths[i], norm)
+            for i in reversed(range(len(widths) - 1))
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for block, skip in zip(self.blocks, reversed(features[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return x
+
+
+class UNet(nn.Module):
+    """Encoder + decoder + 1x1 head giving per-class logits at input resolution.
+
+    Inputs must have height and width divisible by ``size_divisor``; the
+    prediction engine pads tiles accordingly.
+    """
+
+    def __init__(self, encoder: UNetEncoder, decoder: UNetDecoder, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = head
+        self.size_divisor = 2 ** (len(encoder.blocks) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
+
+
+def build_unet(
+    in_channels: int = 3,
+    num_classes: int = 3,
+    widths: Sequence[int] = (16, 32, 64, 128),
+    norm: str = "batch",
+) -> UNet:
+    """A U-Net with ``len(widths)`` levels (``widths[0]`` channels at full resolution)."""
+    widths = list(widths)
+    return UNet(
+        UNetEncoder(in_channels, widths, norm),
+        UNetDecoder(widths, norm),
+        nn.Conv2d(widths[0], num_classes, 1),
+    )

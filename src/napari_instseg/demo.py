@@ -1,0 +1,56 @@
+"""``napari-instseg demo``: napari with the nuclei sample, both widgets docked
+and a segmentation from a bundled model shown."""
+
+from __future__ import annotations
+
+from .core.models.registry import bundled_weights_path
+
+
+def demo_model() -> tuple[str, str] | None:
+    """(widget display name, model) for the demo: Mask R-CNN when its bundled
+    weights are installed, else the U-Net."""
+    for widget, model in (
+        ("Instance segmentation (Mask R-CNN)", "nuclei-maskrcnn"),
+        ("Semantic segmentation (U-Net)", "nuclei-unet"),
+    ):
+        if bundled_weights_path(model).exists():
+            return widget, model
+    return None
+
+
+def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
+    from .core.torch_setup import preload_triton_isolated
+
+    preload_triton_isolated()  # cheap here, before napari creates its GL canvas
+    import napari
+
+    viewer = napari.Viewer(title="napari-instseg demo")
+    viewer.open_sample("napari-instseg", "nuclei")
+    _, instance = viewer.window.add_plugin_dock_widget(
+        "napari-instseg", "Instance segmentation (Mask R-CNN)"
+    )
+    _, semantic = viewer.window.add_plugin_dock_widget(
+        "napari-instseg", "Semantic segmentation (U-Net)"
+    )
+    choice = demo_model()
+    if model is not None:
+        widget = instance if "maskrcnn" in model else semantic
+        widget.model.value = model
+        choice = ("", model)
+    elif choice is not None:
+        widget = instance if choice[1] == "nuclei-maskrcnn" else semantic
+    if choice is None:
+        print("no bundled model weights are installed: showing the sample only")
+    else:
+        widget.run(blocking=True)
+        print(f"segmented the nuclei sample with {choice[1]}: {widget.status.value}")
+    if screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        viewer.screenshot(screenshot, canvas_only=False)
+        print(f"screenshot saved to {screenshot}")
+        viewer.close()
+        return 0
+    napari.run()
+    return 0

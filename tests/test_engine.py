@@ -1,0 +1,241 @@
+"""The prediction engine: axes, dtypes, tiling seams, stacks, progress, cancel."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from conftest import disc_image
+from napari_instseg import load_model, segment_instances, segment_semantic
+from napari_instseg.core import predict
+from napari_instseg.core.metrics import match_counts
+from napari_instseg.core.types import Cancelled, InputError, ModelError
+
+
+def _centres_on_seams(shape, tile, overlap, radius):
+    """Disc centres straddling every seam of the tile grid, plus interior ones."""
+    from napari_instseg.core.tiling import ownership_bounds, tile_starts
+
+    seams_y = [
+        b for b, _ in ownership_bounds(tile_starts(shape[0], tile, overlap), tile, shape[0])[1:]
+    ]
+    seams_x = [
+        b for b, _ in ownership_bounds(tile_starts(shape[1], tile, overlap), tile, shape[1])[1:]
+    ]
+    centres = []
+    for sy in seams_y:
+        for x in range(radius + 2, shape[1] - radius - 2, 3 * radius):
+            centres.append((sy + (x % 5) - 2, x))
+    for sx in seams_x:
+        for y in range(radius + 2 + radius, shape[0] - radius - 2, 3 * radius):
+            centres.append((y, sx + (y % 5) - 2))
+    # drop discs that would touch each other
+    kept = []
+    for c in centres:
+        if all((c[0] - k[0]) ** 2 + (c[1] - k[1]) ** 2 > (2 * radius + 3) ** 2 for k in kept):
+            kept.append(c)
+    return kept
+
+
+def test_semantic_tiled_equals_untiled_exactly(oracle_unet):
+    image, truth = disc_image((300, 260), _centres_on_seams((300, 260), 64, 16, 6), 6)
+    whole = segment_semantic(image, oracle_unet, tile_size=512)
+    tiled = segment_semantic(image, oracle_unet, tile_size=64, overlap=16)
+    np.testing.assert_array_equal(whole.classes, tiled.classes)
+    np.testing.assert_allclose(whole.probabilities, tiled.probabilities, atol=1e-5)
+    assert match_counts(truth, tiled.instances.labels, [0.9]).summary()["ap"][0] == 1.0
+
+
+def _oracle_detect(module, batch, sizes):
+    """Stands in for Mask R-CNN: every bright connected component in the tile
+    (cut by the tile edge or not) becomes a detection with a 28x28 mask."""
+    from scipy import ndimage
+
+    detections = []
+    for i, (h, w) in enumerate(sizes):
+        fg = batch[i, 0, :h, :w].numpy() > 0.5
+        comps, n = ndimage.label(fg)
+        boxes, masks = [], []
+        for k, sl in enumerate(ndimage.find_objects(comps), start=1):
+            crop = torch.from_numpy((comps[sl] == k).astype(np.float32))[None, None]
+            masks.append(torch.nn.functional.interpolate(crop, size=(28, 28), mode="bilinear"))
+            boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+        detections.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "scores": torch.full((n,), 0.9),
+                "labels": torch.ones(n, dtype=torch.int64),
+                "masks": torch.cat(masks) if masks else torch.zeros((0, 1, 28, 28)),
+            }
+        )
+    return detections
+
+
+@pytest.fixture
+def oracle_detector(monkeypatch, tiny_maskrcnn_path):
+    monkeypatch.setattr(predict, "_detect", _oracle_detect)
+    return load_model(tiny_maskrcnn_path, "cpu")
+
+
+def test_instances_on_seams_are_neither_cut_nor_duplicated(oracle_detector):
+    shape, radius = (1024, 1024), 9
+    image, truth = disc_image(shape, _centres_on_seams(shape, 256, 64, radius), radius)
+    whole = segment_instances(image, oracle_detector, tile_size=1024)
+    tiled = segment_instances(image, oracle_detector, tile_size=256, overlap=64)
+    assert len(tiled) == len(whole) == truth.max()
+    agreement = match_counts(whole.labels, tiled.labels, [0.5, 0.9]).summary()["ap"]
+    assert agreement[0] >= 0.9 and agreement[1] == 1.0
+    assert match_counts(truth, tiled.labels, [0.8]).summary()["ap"][0] == 1.0
+    # boxes match the painted labels exactly (max exclusive)
+    for label_id, (y0, x0, y1, x1) in zip(tiled.label_ids, tiled.boxes):
+        ys, xs = np.nonzero(tiled.labels == label_id)
+        assert (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1) == (y0, x0, y1, x1)
+
+
+def test_instance_result_contract(tiny_maskrcnn_path):
+    result = segment_instances(
+        np.random.rand(96, 80).astype(np.float32),
+        tiny_maskrcnn_path,
+        device="cpu",
+        score_threshold=0.0,
+    )
+    assert result.labels.shape == (96, 80) and result.labels.dtype == np.uint16
+    n = len(result)
+    assert result.boxes.shape == (n, 4) and result.scores.shape == (n,)
+    assert result.class_ids.shape == (n,) and set(result.class_ids) <= {1}
+    assert result.class_names == ["background", "nucleus"]
+    assert set(np.unique(result.labels)) - {0} == set(result.label_ids)
+    if n:
+        assert np.all(np.diff(result.scores) <= 1e-6), "ids are ranked by score"
+
+
+def test_stacks_keep_leading_axes_and_unique_ids(oracle_unet):
+    image, _ = disc_image((64, 70), [(20, 20), (40, 50)], 6)
+    stack = np.stack([image, image, np.zeros_like(image)])[None]  # (1, 3, Y, X)
+    result = segment_semantic(stack, oracle_unet)
+    assert result.classes.shape == (1, 3, 64, 70)
+    inst = result.instances
+    assert inst.labels.shape == (1, 3, 64, 70)
+    assert len(inst) == 4 and list(inst.stack_index) == [0, 0, 1, 1]
+    assert len(np.unique(inst.labels)) == 5
+
+
+def test_rgb_multichannel_and_gray_inputs(tiny_unet_path):
+    model = load_model(tiny_unet_path, "cpu")
+    for image, kwargs in [
+        (np.random.randint(0, 255, (50, 60, 3), np.uint8), {}),
+        (np.random.randint(0, 255, (50, 60, 4), np.uint8), {}),
+        (np.random.rand(3, 50, 60), {"channel_axis": 0}),
+        (np.random.rand(50, 60), {}),
+    ]:
+        result = segment_semantic(image, model, **kwargs)
+        assert result.classes.shape == (50, 60)
+    with pytest.raises(InputError, match="channels"):
+        segment_semantic(np.random.rand(5, 50, 60), model, channel_axis=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from(
+            [np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64, np.bool_]
+        ),
+        shape=hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=40),
+    )
+)
+def test_any_dtype_and_shape_segments_without_error(tiny_model_for_hypothesis, image):
+    result = segment_semantic(image, tiny_model_for_hypothesis)
+    assert result.classes.shape == image.shape
+    assert result.instances.labels.shape == image.shape
+
+
+@pytest.fixture(scope="module")
+def tiny_model_for_hypothesis(tiny_unet_path):
+    return load_model(tiny_unet_path, "cpu")
+
+
+def test_nan_inf_and_constant_images(oracle_unet):
+    image, truth = disc_image((64, 64), [(30, 30)], 8)
+    image[:5] = np.nan
+    image[5:8] = np.inf
+    result = segment_semantic(image, oracle_unet)
+    assert len(result.instances) == 1
+    assert len(segment_semantic(np.full((40, 40), 7.0), oracle_unet).instances) == 0
+
+
+def test_progress_is_reported_per_tile_and_cancel_stops(oracle_unet):
+    image = np.random.rand(200, 200)
+    steps = []
+    segment_semantic(image, oracle_unet, tile_size=64, overlap=16, progress=steps.append)
+    assert [s.done for s in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1].total == len(steps) == 16
+    with pytest.raises(Cancelled):
+        segment_semantic(
+            image,
+            oracle_unet,
+            tile_size=64,
+            overlap=16,
+            cancel=lambda: len(steps) > 20,
+            progress=steps.append,
+        )
+    assert len(steps) == 21  # stopped at the first check after cancelling
+
+
+def test_dask_input_is_read_tile_by_tile(oracle_unet):
+    da = pytest.importorskip("dask.array")
+    image, _ = disc_image((256, 256), [(100, 100)], 10)
+    reads = []
+
+    def read_block(block, block_info=None):
+        reads.append(block.shape)
+        return block
+
+    lazy = da.from_array(image, chunks=64).map_blocks(read_block, dtype=image.dtype)
+    result = segment_semantic(lazy, oracle_unet, tile_size=64, overlap=16)
+    np.testing.assert_array_equal(
+        result.classes, segment_semantic(image, oracle_unet, tile_size=64, overlap=16).classes
+    )
+    assert max(np.prod(s) for s in reads) <= 64 * 64
+
+
+def test_rescale_returns_original_size(oracle_unet):
+    image, truth = disc_image((80, 90), [(40, 40)], 12)
+    result = segment_semantic(image, oracle_unet, rescale=0.5)
+    assert result.classes.shape == (80, 90)
+    assert match_counts(truth, result.instances.labels, [0.7]).summary()["ap"][0] == 1.0
+
+
+def test_more_than_65535_objects_use_uint32():
+    from napari_instseg.core.postprocess import instance_result_from_labels
+
+    labels = np.arange(70000, dtype=np.int32).reshape(350, 200) + 1
+    result = instance_result_from_labels(labels, ["background", "nucleus"])
+    assert result.labels.dtype == np.uint32 and len(result) == 70000
+
+
+def test_wrong_task_and_unknown_model_are_clear(tiny_unet_path):
+    with pytest.raises(ModelError, match="segment_semantic"):
+        segment_instances(np.zeros((10, 10)), tiny_unet_path)
+    with pytest.raises(ModelError, match="known models: .*nuclei-unet"):
+        load_model("no-such-model")
+    with pytest.raises(InputError):
+        segment_semantic(np.zeros(10), tiny_unet_path)
+
+
+def test_device_auto_picks_cpu_without_gpu():
+    from napari_instseg.core.models.registry import resolve_device
+
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ModelError, match="CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tiny_unet_path):
+    image = np.random.rand(300, 300).astype(np.float32)
+    cpu = segment_semantic(image, tiny_unet_path, device="cpu", tile_size=128)
+    gpu = segment_semantic(image, tiny_unet_path, device="cuda", tile_size=128)
+    assert (cpu.classes == gpu.classes).mean() > 0.99

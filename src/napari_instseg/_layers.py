@@ -1,8 +1,7 @@
 """Core results -> napari layer data tuples (no Qt; testable with ViewerModel).
 
-Geometry: result layers copy the source layer's scale/translate/rotate/shear
-and affine. For a 2D result from one slice of a stack, the slice position is
-prepended so the result sits on that slice.
+Geometry: result layers copy the source layer's scale, translate, rotate,
+shear and affine, so they sit exactly on the image in world coordinates.
 """
 
 from __future__ import annotations
@@ -17,32 +16,21 @@ TAG = "napari_instseg"
 CLASS_COLORS = ["#ff8c00", "#00e5ff", "#ff3df5", "#7cff4f", "#ffe14d", "#ff4d4d", "#4d7cff"]
 
 
-def geometry_from(source_layer, n_leading: int = 0, leading_position=()) -> dict:
-    """Transform kwargs copying ``source_layer``'s world placement.
+def geometry_from(source_layer) -> dict:
+    """Transform kwargs placing a result exactly over ``source_layer``.
 
-    ``n_leading`` leading axes of the source are dropped (a 2D result of one
-    slice) unless ``leading_position`` gives their index, which is then
-    prepended as a translate so the result lands on that slice.
+    Results have the source's spatial and stack axes (an RGB layer's channel
+    axis is not part of its transforms), so the transforms copy over as they are.
     """
     if source_layer is None:
         return {}
-    scale = np.asarray(source_layer.scale, float)
-    translate = np.asarray(source_layer.translate, float)
-    if getattr(source_layer, "rgb", False):
-        pass  # napari's scale/translate of an RGB layer exclude the channel axis
-    keep = (
-        slice(n_leading - len(leading_position), None)
-        if leading_position
-        else slice(n_leading, None)
-    )
-    scale, translate = scale[keep].copy(), translate[keep].copy()
-    for i, position in enumerate(leading_position):
-        translate[i] += position * scale[i]
-    geometry = {"scale": tuple(scale), "translate": tuple(translate)}
-    if scale.size == source_layer.ndim:
-        geometry["rotate"] = source_layer.rotate
-        geometry["shear"] = source_layer.shear
-    return geometry
+    return {
+        "scale": tuple(source_layer.scale),
+        "translate": tuple(source_layer.translate),
+        "rotate": source_layer.rotate,
+        "shear": source_layer.shear,
+        "affine": source_layer.affine,
+    }
 
 
 def features_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:

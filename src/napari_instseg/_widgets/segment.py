@@ -171,9 +171,7 @@ class _SegmentationWidget(Container):
     # --- results -----------------------------------------------------------------------
     def _add_result(self, source, result) -> list:
         model = str(self.model.value)
-        geometry = _layers.geometry_from(source, n_leading=0)
-        if source.rgb:
-            geometry = {k: v for k, v in geometry.items() if k in ("scale", "translate")}
+        geometry = _layers.geometry_from(source)
         intensity = np.asarray(source.data) if source.data.size <= 64e6 else None
         instances = result if self.task == "instance" else result.instances
         tuples = [

@@ -1,0 +1,141 @@
+"""Accuracy of the bundled models on the DSB2018 val split, and CPU speed.
+
+    python benchmarks/accuracy_and_speed.py [--data ../shared/data/dsb2018] [--threads 2]
+
+Accuracy: AP = TP / (TP + FP + FN) with one-to-one matching at IoU tau, counts
+summed over images (as in the StarDist paper), for all val images and for the
+gray fluorescence subset, through the public API (``segment_semantic`` /
+``segment_instances``). A classical Otsu + distance-transform watershed
+baseline is measured in the same run.
+
+Speed: the whole API call on one 512x512 field (a 2x2 mosaic of val images),
+median of 5 after a warm-up, against the machine's yardstick: a torchvision
+ResNet-18 forward pass on a 1x3x512x512 tensor timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import git_commit, machine_description, median_time  # noqa: E402
+
+from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
+from napari_instseg.core.metrics import match_counts  # noqa: E402
+from napari_instseg.core.models.registry import bundled_weights_path  # noqa: E402
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+
+
+def load_val(data: Path):
+    with open(data / "manifest.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
+    for row in rows:
+        image = tifffile.imread(data / "val" / "images" / f"{row['id']}.tif")
+        labels = tifffile.imread(data / "val" / "masks" / f"{row['id']}.tif")
+        yield row["id"], image, labels, row["gray_rgb"] == "True"
+
+
+def classical_baseline(image: np.ndarray) -> np.ndarray:
+    """Otsu threshold (polarity chosen so nuclei are the minority), distance
+    transform, h-maxima-like peaks, watershed."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.segmentation import watershed
+
+    gray = image.mean(-1) if image.ndim == 3 else image.astype(float)
+    gray = gaussian(gray, 1)
+    mask = gray > threshold_otsu(gray)
+    if mask.mean() > 0.5:
+        mask = ~mask
+    mask = ndimage.binary_opening(mask, iterations=1)
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(
+        distance, min_distance=5, labels=ndimage.label(mask)[0], exclude_border=False
+    )
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=mask)
+
+
+def predictors():
+    found = {}
+    if bundled_weights_path("nuclei-unet").exists():
+        unet = load_model("nuclei-unet", "cpu")
+        found["nuclei-unet"] = lambda img: segment_semantic(img, unet).instances.labels
+    if bundled_weights_path("nuclei-maskrcnn").exists():
+        mrcnn = load_model("nuclei-maskrcnn", "cpu")
+        found["nuclei-maskrcnn"] = lambda img: segment_instances(img, mrcnn).labels
+    found["classical (Otsu + watershed)"] = classical_baseline
+    return found
+
+
+def accuracy(data: Path, methods: dict) -> dict:
+    totals = {name: {"all": None, "gray": None} for name in methods}
+    for _, image, truth, gray in load_val(data):
+        for name, predict in methods.items():
+            counts = match_counts(truth, predict(image), THRESHOLDS)
+            for subset in ("all", "gray") if gray else ("all",):
+                prev = totals[name][subset]
+                totals[name][subset] = counts if prev is None else prev + counts
+    return {n: {s: c.summary()["ap"] for s, c in t.items()} for n, t in totals.items()}
+
+
+def speed(data: Path) -> dict:
+    import torchvision
+
+    tiles = [img for _, img, _, _ in load_val(data) if img.shape[:2] == (256, 256)][:4]
+    field = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+    resnet = torchvision.models.resnet18().eval()
+    x = torch.rand(1, 3, 512, 512)
+
+    def yardstick():
+        with torch.inference_mode():
+            resnet(x)
+
+    times = {"resnet18 forward (yardstick)": median_time(yardstick)}
+    if bundled_weights_path("nuclei-unet").exists():
+        unet = load_model("nuclei-unet", "cpu")
+        times["nuclei-unet segment_semantic"] = median_time(lambda: segment_semantic(field, unet))
+    if bundled_weights_path("nuclei-maskrcnn").exists():
+        mrcnn = load_model("nuclei-maskrcnn", "cpu")
+        times["nuclei-maskrcnn segment_instances"] = median_time(
+            lambda: segment_instances(field, mrcnn)
+        )
+    return times
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-accuracy", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine_description()}; commit {git_commit()}")
+    if not args.skip_accuracy:
+        results = accuracy(args.data, predictors())
+        header = " ".join(f"{t:>6.2f}" for t in THRESHOLDS)
+        print(f"\nAP on DSB2018 val (69 images; gray subset 52)\n{'method':<32} subset {header}")
+        for name, subsets in results.items():
+            for subset, aps in subsets.items():
+                print(f"{name:<32} {subset:<6} " + " ".join(f"{a:>6.3f}" for a in aps))
+    times = speed(args.data)
+    base = times["resnet18 forward (yardstick)"]
+    print("\nCPU speed, 512x512 field, median of 5 after warm-up")
+    for name, seconds in times.items():
+        print(f"{name:<40} {seconds * 1000:>7.1f} ms  {seconds / base:>5.2f}x yardstick")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

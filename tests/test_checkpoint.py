@@ -1,0 +1,121 @@
+"""Checkpoint I/O: round trips, and hostile or broken files refused clearly."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_unet_info
+from napari_instseg import load_model, segment_semantic
+from napari_instseg.core.models import checkpoint
+from napari_instseg.core.models.registry import build_model, list_models, register_checkpoint
+from napari_instseg.core.types import ModelError
+
+
+def test_round_trip_keeps_weights_and_metadata(tmp_path):
+    info = tiny_unet_info()
+    module = build_model(info)
+    path = checkpoint.save_checkpoint(
+        tmp_path / "m.safetensors", module.state_dict(), info.to_metadata()
+    )
+    loaded = load_model(path, "cpu")
+    assert loaded.info == info
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(loaded.module.state_dict()[key], value)
+    image = np.random.rand(40, 40).astype(np.float32)
+    module.eval()
+    np.testing.assert_array_equal(
+        segment_semantic(image, loaded).classes, segment_semantic(image, path).classes
+    )
+
+
+def test_half_precision_storage_halves_size_and_loads_as_float32(tmp_path):
+    info = tiny_unet_info()
+    state = build_model(info).state_dict()
+    full = checkpoint.save_checkpoint(tmp_path / "f.safetensors", state, info.to_metadata())
+    half = checkpoint.save_checkpoint(
+        tmp_path / "h.safetensors", state, info.to_metadata(), half_precision=True
+    )
+    assert half.stat().st_size < 0.7 * full.stat().st_size
+    weights, _ = checkpoint.load_checkpoint(half)
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
+
+
+def test_a_registered_checkpoint_is_listed_and_loads_by_name(tmp_path):
+    info = tiny_unet_info()
+    info.name = "my-finetuned"
+    info.description = "fine-tuned on my cells"
+    path = checkpoint.save_checkpoint(
+        tmp_path / "x.safetensors", build_model(info).state_dict(), info.to_metadata()
+    )
+    assert register_checkpoint(path) == "my-finetuned"
+    assert list_models()["my-finetuned"] == "fine-tuned on my cells"
+    assert load_model("my-finetuned", "cpu").info.name == "my-finetuned"
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('pwned')",))
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt"])
+def test_pickles_are_refused_without_being_read(tmp_path, suffix):
+    path = tmp_path / f"evil{suffix}"
+    path.write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(ModelError, match="refused"):
+        load_model(path, "cpu")
+
+
+def test_pickle_renamed_to_safetensors_is_refused(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    path.write_bytes(pickle.dumps(_Boom()))
+    with pytest.raises(ModelError, match="not a readable safetensors"):
+        load_model(path, "cpu")
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, tiny_unet_path):
+    data = tiny_unet_path.read_bytes()
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError):
+        load_model(path, "cpu")
+
+
+def test_weights_that_do_not_fit_the_metadata_are_refused(tmp_path):
+    info = tiny_unet_info()
+    state = build_model(info).state_dict()
+    info.config = {**info.config, "widths": [8, 16]}
+    path = checkpoint.save_checkpoint(tmp_path / "m.safetensors", state, info.to_metadata())
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(path, "cpu")
+
+
+def test_metadata_without_required_fields_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(
+        {"w": torch.zeros(1)},
+        str(path),
+        metadata={checkpoint.METADATA_KEY: json.dumps({"format_version": 1})},
+    )
+    with pytest.raises(ModelError, match="lacks"):
+        load_model(path, "cpu")
+
+
+def test_coco_model_offline_says_where_to_put_the_weights(tmp_path, monkeypatch):
+    from napari_instseg.core.models import coco
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(ModelError) as info:
+        load_model("coco-maskrcnn", "cpu")
+    message = str(info.value)
+    assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in message
+    assert str(coco.coco_weights_file()) in message

@@ -1,11 +1,12 @@
 """Train the bundled nuclei models from ../shared/data/dsb2018 (CC0).
 
     python scripts/train_bundled.py unet --run-dir ~/instseg-runs/unet [--resume]
+    python scripts/train_bundled.py maskrcnn --run-dir ~/instseg-runs/maskrcnn [--resume]
 
 Runs are resumable (``--resume``) and log to ``RUN_DIR/log.csv``; the best
-model by validation AP50 is ``RUN_DIR/best.safetensors``. Copy it to
-``src/napari_instseg/weights/nuclei-unet.safetensors`` with ``--install``
-(stored as float16). The same script runs on CPU or GPU (``--device``).
+model by validation AP50 is ``RUN_DIR/best.safetensors``. ``--install`` copies
+it into the package as ``weights/nuclei-<model>.safetensors`` (float16).
+The same script runs on CPU or GPU (``--device``, ``--batch-size``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from napari_instseg.core.models.registry import (
     bundled_weights_path,
     resolve_device,
 )
-from napari_instseg.core.train import TrainConfig, UNetTrainer
+from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
 UNET_CONFIG = {
@@ -40,6 +41,51 @@ UNET_CONFIG = {
     "norm": "batch",
 }
 NORMALIZATION = {"low": 1.0, "high": 99.8}
+# Lean heads (box 256-d, mask 128 channels, fewer RPN proposals in training):
+# about half the time per iteration of torchvision's defaults on the CPU.
+MASKRCNN_CONFIG = {
+    "num_classes": 2,
+    "backbone": "resnet18",
+    "norm": "batch",
+    "anchor_sizes": [8, 16, 32, 64, 128],
+    "detections_per_image": 500,
+    "box_head_size": 256,
+    "mask_head_channels": 128,
+    "box_batch_size_per_image": 128,
+    "rpn_pre_nms_top_n_train": 1000,
+    "rpn_post_nms_top_n_train": 500,
+    "rpn_pre_nms_top_n_test": 1000,
+    "rpn_post_nms_top_n_test": 500,
+}
+DEFAULTS = {  # per model: iterations, batch size, learning rate, warm-up
+    "unet": {"iterations": 3000, "batch_size": 8, "learning_rate": 2e-3, "warmup": 200},
+    "maskrcnn": {"iterations": 6000, "batch_size": 4, "learning_rate": 1e-3, "warmup": 300},
+}
+
+
+def model_info(model: str) -> ModelInfo:
+    if model == "unet":
+        return ModelInfo(
+            name="nuclei-unet",
+            architecture="unet",
+            config=UNET_CONFIG,
+            class_names=["background", "nucleus", "boundary"],
+            in_channels=3,
+            normalization=NORMALIZATION,
+            tile_size=512,
+            description="U-Net (background/nucleus/boundary) for nuclei, trained on DSB2018",
+            postprocess={"min_size": 8, "instance_class": "nucleus"},
+        )
+    return ModelInfo(
+        name="nuclei-maskrcnn",
+        architecture="maskrcnn",
+        config=MASKRCNN_CONFIG,
+        class_names=["background", "nucleus"],
+        in_channels=3,
+        normalization=NORMALIZATION,
+        tile_size=512,
+        description="Mask R-CNN (ResNet-18-FPN) for nuclei, trained on DSB2018",
+    )
 
 
 def load_split(data: Path, split: str, limit: int | None = None) -> list[AnnotatedImage]:
@@ -64,12 +110,13 @@ def git_commit() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["unet"])
+    parser.add_argument("model", choices=["unet", "maskrcnn"])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--iterations", type=int, default=6000)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--device", default="auto")
@@ -88,30 +135,23 @@ def main(argv=None) -> int:
     if args.install:
         state, metadata = checkpoint.load_checkpoint(args.run_dir / "best.safetensors")
         metadata.pop("format_version")
-        target = bundled_weights_path("nuclei-unet")
+        target = bundled_weights_path(f"nuclei-{args.model}")
         checkpoint.save_checkpoint(target, state, metadata, half_precision=True)
         print(f"installed {target} ({target.stat().st_size / 1e6:.1f} MB)")
         return 0
 
     device = resolve_device(args.device)
+    defaults = DEFAULTS[args.model]
     config = TrainConfig(
-        iterations=args.iterations,
-        batch_size=args.batch_size,
+        iterations=args.iterations or defaults["iterations"],
+        batch_size=args.batch_size or defaults["batch_size"],
+        learning_rate=args.learning_rate or defaults["learning_rate"],
+        warmup_iterations=defaults["warmup"],
         val_every=args.val_every,
         seed=args.seed,
     )
     config.augment.crop_size = args.crop_size
-    info = ModelInfo(
-        name="nuclei-unet",
-        architecture="unet",
-        config=UNET_CONFIG,
-        class_names=["background", "nucleus", "boundary"],
-        in_channels=3,
-        normalization=NORMALIZATION,
-        tile_size=512,
-        description="U-Net (background/nucleus/boundary) for nuclei, trained on DSB2018",
-        postprocess={"min_size": 8, "instance_class": "nucleus"},
-    )
+    info = model_info(args.model)
     module = build_model(info).to(device)
     loaded = LoadedModel(module, info, device)
     t0 = time.time()
@@ -129,7 +169,8 @@ def main(argv=None) -> int:
         "device": str(device),
         "torch": torch.__version__,
     }
-    trainer = UNetTrainer(loaded, train, val, config, args.run_dir, provenance)
+    trainer_class = UNetTrainer if args.model == "unet" else MaskRCNNTrainer
+    trainer = trainer_class(loaded, train, val, config, args.run_dir, provenance)
     if args.resume and trainer.resume():
         print(f"resumed at iteration {trainer.state.iteration}", flush=True)
     last_print = 0.0

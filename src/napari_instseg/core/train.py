@@ -22,7 +22,6 @@ from .data import AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
 from .metrics import match_counts
 from .models import checkpoint
 from .models.registry import LoadedModel, ModelInfo
-from .postprocess import instances_from_classes
 from .types import Cancelled, Progress
 
 
@@ -37,6 +36,7 @@ class TrainConfig:
     val_every: int = 500
     checkpoint_every: int = 100
     seed: int = 0
+    clip_grad_norm: float = 10.0
     max_minutes: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -70,44 +70,75 @@ def unet_batch(
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)).long()
 
 
-@torch.inference_mode()
-def unet_classes(module: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """Class map of a normalised (Y, X, C) image in one forward pass (padded to the divisor)."""
-    divisor = getattr(module, "size_divisor", 16)
-    h, w = image.shape[:2]
-    ph, pw = -h % divisor, -w % divisor
-    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
-    x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
-    logits = module(x.to(device).contiguous(memory_format=torch.channels_last))
-    return logits[0, :, :h, :w].argmax(0).cpu().numpy().astype(np.uint8)
+def detection_target(labels: np.ndarray, min_area: int = 4) -> dict[str, torch.Tensor]:
+    """torchvision detection target (boxes x1,y1,x2,y2, labels, masks) of a crop;
+    slivers cut by the crop edge (< ``min_area`` px or < 2 px wide) are dropped."""
+    from scipy import ndimage
+
+    ids = np.flatnonzero(np.bincount(labels.ravel()) >= min_area)
+    ids = ids[ids > 0]
+    boxes, keep = [], []
+    slices = ndimage.find_objects(labels)
+    for label_id in ids:
+        sl = slices[label_id - 1]
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        if y1 - y0 >= 2 and x1 - x0 >= 2:
+            boxes.append([x0, y0, x1, y1])
+            keep.append(label_id)
+    keep = np.asarray(keep, dtype=labels.dtype)
+    masks = labels[None] == keep[:, None, None]
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.ones(len(keep), dtype=torch.int64),
+        "masks": torch.from_numpy(masks.astype(np.uint8)),
+    }
 
 
-def validate_unet(
+def maskrcnn_batch(samples, config: TrainConfig, rng: np.random.Generator):
+    images, targets = [], []
+    for index in rng.integers(0, len(samples), config.batch_size):
+        image, labels = augmented_crop(samples[int(index)], config.augment, rng)
+        images.append(torch.from_numpy(image))
+        targets.append(detection_target(labels))
+    return images, targets
+
+
+def validate(
     loaded: LoadedModel, samples: Sequence[AnnotatedImage], thresholds=(0.5, 0.75)
 ) -> dict:
-    """AP at each threshold (counts summed over images), instances as the engine derives them."""
+    """AP at each threshold (counts summed over images) through the engine,
+    exactly as users and the benchmark get predictions."""
+    from .predict import segment_instances, segment_semantic
+
     module = loaded.module
     was_training = module.training
     module.eval()
     total = None
-    min_size = loaded.info.postprocess.get("min_size", 8)
-    for sample in samples:
-        classes = unet_classes(module, sample.normalized(), loaded.device)
-        pred = instances_from_classes(classes, min_size=min_size)
-        counts = match_counts(sample.labels, pred, thresholds)
-        total = counts if total is None else total + counts
-    module.train(was_training)
+    try:
+        for sample in samples:
+            if loaded.info.task == "semantic":
+                pred = segment_semantic(sample.image, loaded, return_probabilities=False)
+                pred = pred.instances.labels
+            else:
+                pred = segment_instances(sample.image, loaded).labels
+            counts = match_counts(sample.labels, pred, thresholds)
+            total = counts if total is None else total + counts
+    finally:
+        module.train(was_training)
     summary = total.summary()
     return {f"ap{int(round(t * 100))}": ap for t, ap in zip(thresholds, summary["ap"])}
 
 
-class UNetTrainer:
-    """Trains a U-Net from instance masks; resumable from ``run_dir``.
+class Trainer:
+    """Trains a model from instance masks; resumable from ``run_dir``.
 
     ``run()`` is a generator that yields ``Progress`` every iteration and
     returns the final ``TrainState``; the best model (by validation AP50) is
-    written to ``run_dir/best.safetensors`` as it improves.
+    written to ``run_dir/best.safetensors`` as it improves. Subclasses say how
+    to make a batch and its loss.
     """
+
+    channels_last = False
 
     def __init__(
         self,
@@ -126,12 +157,19 @@ class UNetTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.provenance = provenance or {}
         self.state = TrainState()
-        module = loaded.module.to(memory_format=torch.channels_last)
+        module = loaded.module
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.AdamW(
             module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.class_weights = torch.tensor(config.class_weights, device=loaded.device)
         self.log_path = self.run_dir / "log.csv"
+
+    def batch(self, rng: np.random.Generator):
+        raise NotImplementedError
+
+    def loss(self, inputs, targets) -> torch.Tensor:
+        raise NotImplementedError
 
     # --- persistence -------------------------------------------------------------------
     def save_state(self) -> None:
@@ -188,7 +226,6 @@ class UNetTrainer:
         config = self.config
         module = self.loaded.module
         module.train()
-        device = self.loaded.device
         started = time.monotonic() - self.state.seconds
         deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else math.inf
         running_loss = None
@@ -196,24 +233,22 @@ class UNetTrainer:
             if cancel is not None and cancel():
                 raise Cancelled()
             it = self.state.iteration
-            rng = np.random.default_rng([config.seed, it])
-            images, targets = unet_batch(self.train_samples, config, rng)
+            inputs, targets = self.batch(np.random.default_rng([config.seed, it]))
             lr = learning_rate_at(config, it)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits = module(images.to(device).contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits, targets.to(device), weight=self.class_weights)
+            loss = self.loss(inputs, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
             self.optimizer.step()
-            running_loss = (
-                loss.item() if running_loss is None else 0.95 * running_loss + 0.05 * loss.item()
-            )
+            value = loss.item()
+            running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value
             self.state.iteration = it + 1
             self.state.seconds = time.monotonic() - started
             row = {
                 "iteration": it + 1,
-                "loss": round(loss.item(), 5),
+                "loss": round(value, 5),
                 "lr": lr,
                 "ap50": "",
                 "ap75": "",
@@ -221,7 +256,8 @@ class UNetTrainer:
             }
             last = self.state.iteration >= config.iterations or time.monotonic() > deadline
             if self.val_samples and (self.state.iteration % config.val_every == 0 or last):
-                scores = validate_unet(self.loaded, self.val_samples)
+                scores = validate(self.loaded, self.val_samples)
+                module.train()
                 row.update(scores)
                 if scores["ap50"] > self.state.best_score:
                     self.state.best_score = scores["ap50"]
@@ -234,6 +270,45 @@ class UNetTrainer:
             if last:
                 break
         return self.state
+
+
+class UNetTrainer(Trainer):
+    """Cross-entropy on background / interior / boundary targets from instance masks."""
+
+    channels_last = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.class_weights = torch.tensor(self.config.class_weights, device=self.loaded.device)
+
+    def batch(self, rng):
+        return unet_batch(self.train_samples, self.config, rng)
+
+    def loss(self, inputs, targets):
+        device = self.loaded.device
+        logits = self.loaded.module(inputs.to(device).contiguous(memory_format=torch.channels_last))
+        return F.cross_entropy(logits, targets.to(device), weight=self.class_weights)
+
+
+class MaskRCNNTrainer(Trainer):
+    """torchvision's Mask R-CNN losses (RPN, box, class, mask) summed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        size = self.config.augment.crop_size
+        # crops go in at native resolution during training, as at prediction time
+        self.loaded.module.transform.min_size = (size,)
+        self.loaded.module.transform.max_size = size
+
+    def batch(self, rng):
+        return maskrcnn_batch(self.train_samples, self.config, rng)
+
+    def loss(self, inputs, targets):
+        device = self.loaded.device
+        images = [image.to(device) for image in inputs]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        losses = self.loaded.module(images, targets)
+        return sum(losses.values())
 
 
 def _jsonable(value):

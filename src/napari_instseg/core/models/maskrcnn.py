@@ -15,6 +15,8 @@ import_torchvision_detection()  # before any torchvision import: see torch_setup
 from torchvision.models.detection import MaskRCNN  # noqa: E402
 from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead  # noqa: E402
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor  # noqa: E402
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -30,7 +32,11 @@ def build_maskrcnn(
     detections_per_image: int = 500,
     min_size: int = 512,
     max_size: int = 1024,
+    box_head_size: int = 1024,
+    mask_head_channels: int = 256,
     box_batch_size_per_image: int = 256,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
     rpn_pre_nms_top_n_test: int = 2000,
     rpn_post_nms_top_n_test: int = 1000,
     box_score_thresh: float = 0.05,
@@ -41,6 +47,8 @@ def build_maskrcnn(
     ``num_classes`` includes background. The transform's mean/std are identity
     because the engine normalises by percentiles itself, and at prediction time
     the engine sets the transform's sizes so images are not resized.
+    ``box_head_size`` and ``mask_head_channels`` shrink torchvision's heads
+    (defaults 1024 and 256) for fast CPU training and inference.
     """
     if torchvision_coco:  # torchvision's own ResNet-50-FPN layout, for its COCO weights
         from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -59,17 +67,26 @@ def build_maskrcnn(
         sizes=tuple((s,) for s in anchor_sizes),
         aspect_ratios=(tuple(aspect_ratios),) * len(anchor_sizes),
     )
+    resolution = 7  # torchvision's default RoIAlign output for boxes
+    box_head = TwoMLPHead(body.out_channels * resolution**2, box_head_size)
+    mask_head = MaskRCNNHeads(body.out_channels, [mask_head_channels] * 4, dilation=1)
     return MaskRCNN(
         body,
-        num_classes=num_classes,
+        num_classes=None,
         min_size=min_size,
         max_size=max_size,
         image_mean=[0.0, 0.0, 0.0],
         image_std=[1.0, 1.0, 1.0],
         rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(box_head_size, num_classes),
         box_detections_per_img=detections_per_image,
         box_batch_size_per_image=box_batch_size_per_image,
         box_score_thresh=box_score_thresh,
+        mask_head=mask_head,
+        mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
     )

@@ -1,0 +1,91 @@
+"""Training loops on tiny data: they learn, checkpoint, resume and cancel."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import disc_image, tiny_maskrcnn_info, tiny_unet_info
+from napari_instseg import load_model
+from napari_instseg.core.data import AnnotatedImage, unet_targets
+from napari_instseg.core.models.registry import LoadedModel, build_model
+from napari_instseg.core.predict import drain
+from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer, detection_target
+from napari_instseg.core.types import Cancelled
+
+
+def _samples(n=3):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        centres = [tuple(rng.integers(12, 52, 2)) for _ in range(4)]
+        image, labels = disc_image((64, 64), centres, 5)
+        rgb = np.repeat((image * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
+        out.append(AnnotatedImage.create(f"s{i}", rgb, labels, {"low": 1.0, "high": 99.8}))
+    return out
+
+
+def _config(iterations):
+    config = TrainConfig(
+        iterations=iterations, batch_size=2, val_every=2, warmup_iterations=1, checkpoint_every=1
+    )
+    config.augment.crop_size = 48
+    return config
+
+
+def test_unet_targets_mark_boundaries_between_touching_objects():
+    labels = np.zeros((10, 12), np.int32)
+    labels[2:8, 1:6] = 1
+    labels[2:8, 6:11] = 2
+    classes = unet_targets(labels)
+    assert classes[0].max() == 0
+    assert (classes[4, 5:7] == 2).all() and classes[4, 3] == 1
+
+
+def test_detection_target_drops_slivers():
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[15, 15] = 2  # one pixel
+    target = detection_target(labels)
+    assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 10.0]]
+    assert target["masks"].shape == (1, 20, 20)
+
+
+def test_unet_trainer_runs_saves_and_resumes(tmp_path):
+    info = tiny_unet_info()
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    samples = _samples()
+    trainer = UNetTrainer(loaded, samples, samples[:1], _config(2), tmp_path)
+    state = drain(trainer.run())
+    assert state.iteration == 2 and (tmp_path / "best.safetensors").exists()
+    best = load_model(tmp_path / "best.safetensors", "cpu")
+    assert best.info.training["iteration"] == 2 and "ap50" in best.info.training["validation"]
+
+    fresh = LoadedModel(build_model(info), info, torch.device("cpu"))
+    resumed = UNetTrainer(fresh, samples, samples[:1], _config(3), tmp_path)
+    assert resumed.resume() and resumed.state.iteration == 2
+    assert drain(resumed.run()).iteration == 3
+    log = (tmp_path / "log.csv").read_text().splitlines()
+    assert log[0] == "iteration,loss,lr,ap50,ap75,seconds" and len(log) == 4
+
+
+def test_unet_loss_goes_down_on_a_learnable_task(tmp_path):
+    info = tiny_unet_info()
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    config = _config(40)
+    config.learning_rate = 1e-2
+    trainer = UNetTrainer(loaded, _samples(), [], config, tmp_path)
+    drain(trainer.run())
+    losses = [float(r.split(",")[1]) for r in (tmp_path / "log.csv").read_text().splitlines()[1:]]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_maskrcnn_trainer_runs_and_cancels(tmp_path):
+    info = tiny_maskrcnn_info(tile_size=64)
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    trainer = MaskRCNNTrainer(loaded, _samples(2), _samples(1), _config(2), tmp_path)
+    assert drain(trainer.run()).iteration == 2
+    assert load_model(tmp_path / "best.safetensors", "cpu").info.architecture == "maskrcnn"
+    again = MaskRCNNTrainer(loaded, _samples(2), [], _config(5), tmp_path / "b")
+    with pytest.raises(Cancelled):
+        drain(again.run(), cancel=lambda: again.state.iteration >= 1)
+    assert again.state.iteration == 1

@@ -95,7 +95,7 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_unet_path):
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
     assert [layer.name for layer in viewer.layers] == ["big"]
-    assert "cancelled" in widget.status.value
+    assert widget.status.value.startswith("Cancelled")
 
 
 def test_errors_show_as_one_sentence(make_napari_viewer, tiny_unet_path, tmp_path):
@@ -113,3 +113,75 @@ def test_errors_show_as_one_sentence(make_napari_viewer, tiny_unet_path, tmp_pat
         widget.run(blocking=True)
     assert widget.status.value.startswith("Error:") and "no such checkpoint" in widget.status.value
     assert "\n" not in widget.status.value
+
+
+def test_instance_widget_on_rgb_with_a_checkpoint_file(
+    make_napari_viewer, tiny_maskrcnn_path, tmp_path, monkeypatch
+):
+    from napari_instseg._widgets.segment import InstanceSegmentationWidget
+
+    monkeypatch.setenv("NAPARI_INSTSEG_CONFIG_DIR", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.randint(0, 255, (96, 96, 3), np.uint8), name="he", rgb=True)
+    widget = InstanceSegmentationWidget(viewer)
+    assert widget.load_checkpoint(tiny_maskrcnn_path) == "tiny-maskrcnn"
+    assert str(tiny_maskrcnn_path.resolve()) in (tmp_path / "checkpoints.json").read_text()
+    widget.score_threshold.value = 0.0
+    widget.show_scores.value = True
+    labels, boxes = widget.run(blocking=True)
+    assert labels.data.shape == (96, 96)
+    assert list(boxes.features.columns) == ["label_id", "class_name", "score"]
+    assert len(boxes.data) == len(labels.features)
+    assert set(labels.features.columns) >= {
+        "index",
+        "label",
+        "class_name",
+        "score",
+        "area",
+        "mean_intensity",
+    }
+    # a second widget (a later session) lists the remembered checkpoint
+    assert "tiny-maskrcnn" in InstanceSegmentationWidget(viewer).model.choices
+
+
+def test_z_stack_whole_and_current_slice(make_napari_viewer, tiny_unet_path):
+    viewer = make_napari_viewer()
+    image, _ = disc_image((48, 48), [(20, 20)], 6)
+    stack = np.stack([image * (z % 2) for z in range(4)])  # discs on odd slices
+    viewer.add_image(stack, name="z", scale=(2.0, 0.5, 0.5))
+    widget = _semantic_widget(viewer, tiny_unet_path)
+    assert widget.scope.enabled
+    classes, labels, boxes = widget.run(blocking=True)
+    assert labels.data.shape == (4, 48, 48)
+    assert boxes.ndim == 3 and np.all(np.asarray(boxes.data).reshape(-1, 3)[:, 0] % 1 == 0)
+    viewer.dims.set_point(0, 2 * 3.0)  # world z = 6 -> slice 3
+    widget.scope.value = "current slice"
+    labels.data = labels.data.copy()  # keep whole-stack results as they are
+    edited = labels.data.copy()
+    edited[0, 0, 0] = 7
+    labels.data = edited
+    _, slice_labels, _ = widget.run(blocking=True)
+    assert slice_labels.data.shape == (1, 48, 48)
+    assert slice_labels.translate[0] == pytest.approx(6.0)
+    assert labels.data[0, 0, 0] == 7
+
+
+def test_selecting_a_box_shows_its_instance_and_back(make_napari_viewer):
+    from napari_instseg import _layers
+    from napari_instseg._widgets.segment import link_boxes_and_labels
+    from napari_instseg.core.postprocess import instance_result_from_labels
+
+    _, truth = disc_image((64, 64), [(16, 16), (45, 45), (16, 48)], 6)
+    result = instance_result_from_labels(truth, ["background", "nucleus"])
+    viewer = make_napari_viewer()
+    data, kwargs, _ = _layers.labels_layer(result, "inst", {})
+    labels = viewer.add_labels(data, **kwargs)
+    data, kwargs, _ = _layers.boxes_layer(result, "boxes", {})
+    boxes = viewer.add_shapes(data, **kwargs)
+    link_boxes_and_labels(labels, boxes)
+    boxes.selected_data = {1}
+    assert labels.selected_label == 2 and labels.show_selected_label
+    labels.selected_label = 3
+    assert boxes.selected_data == {2}
+    boxes.selected_data = set()
+    assert not labels.show_selected_label

@@ -16,17 +16,23 @@ TAG = "napari_instseg"
 CLASS_COLORS = ["#ff8c00", "#00e5ff", "#ff3df5", "#7cff4f", "#ffe14d", "#ff4d4d", "#4d7cff"]
 
 
-def geometry_from(source_layer) -> dict:
+def geometry_from(source_layer, stack_offset: tuple[int, ...] = ()) -> dict:
     """Transform kwargs placing a result exactly over ``source_layer``.
 
     Results have the source's spatial and stack axes (an RGB layer's channel
-    axis is not part of its transforms), so the transforms copy over as they are.
+    axis is not part of its transforms), so the transforms copy over. A result
+    of one slice keeps its stack axes with length 1; ``stack_offset`` (the
+    slice index along the leading axes) moves it onto that slice.
     """
     if source_layer is None:
         return {}
+    translate = np.asarray(source_layer.translate, float).copy()
+    scale = np.asarray(source_layer.scale, float)
+    for axis, position in enumerate(stack_offset):
+        translate[axis] += position * scale[axis]
     return {
-        "scale": tuple(source_layer.scale),
-        "translate": tuple(source_layer.translate),
+        "scale": tuple(scale),
+        "translate": tuple(translate),
         "rotate": source_layer.rotate,
         "shear": source_layer.shear,
         "affine": source_layer.affine,

@@ -1,13 +1,15 @@
 """The inference dock widgets.
 
-They only read the chosen layer, run the core engine's generator in a napari
+They read the chosen layer, run the core engine's generator in a napari
 ``thread_worker`` (progress per tile, Cancel between tiles) and turn the
 result into layers via ``_layers``. ``run(blocking=True)`` runs in the calling
 thread and returns the layers, for scripts and tests.
 
 Re-run policy (never destroy work): a result layer made by this widget is
-updated in place only while its data is untouched since we wrote it; if the
-user edited it (or removed it), a new layer is added beside it.
+updated in place only while its data is untouched since we wrote it. If the
+user edited it, renamed it or removed it, a new layer is added instead
+("... [new]"), and the edited one is left as it is. Cancelling or an error
+changes no layer.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSpinBox,
@@ -30,13 +33,17 @@ from .. import _layers
 if TYPE_CHECKING:
     import napari
 
+LOAD_CHECKPOINT = "Load checkpoint…"
+AUTO_CHANNELS = "auto (RGB: last axis)"
+WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
 _DEFAULT_MODEL = {"instance": "nuclei-maskrcnn", "semantic": "nuclei-unet"}
+_ARCHITECTURE = {"instance": "maskrcnn", "semantic": "unet"}
 
 
-def _registered_models() -> list[str]:
-    from ..core.models.registry import list_models
+def _registry():
+    from ..core.models import registry
 
-    return list(list_models())
+    return registry
 
 
 class _SegmentationWidget(Container):
@@ -46,12 +53,16 @@ class _SegmentationWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._worker = None
-        self._written: dict[str, tuple[object, int]] = {}  # layer name -> (layer, data hash)
-        self.image_layer = ComboBox(label="Image", choices=self._image_layers, nullable=False)
-        self.model = ComboBox(
-            label="Model", choices=self._model_choices, value=self._default_model()
+        self._written: dict[str, tuple[object, int]] = {}  # layer name -> (layer, fingerprint)
+        _registry().register_remembered_checkpoints()
+        self.image_layer = ComboBox(label="Image", choices=self._image_layers)
+        self.model = ComboBox(label="Model", choices=self._model_choices)
+        self.model.value = self._default_model()
+        self.device = ComboBox(
+            label="Device", choices=_registry().available_devices(), value="auto"
         )
-        self.device = ComboBox(label="Device", choices=["auto", "cpu", "cuda", "mps"], value="auto")
+        self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
+        self.scope = ComboBox(label="Stack", choices=[WHOLE_STACK, CURRENT_SLICE])
         self.tile_size = SpinBox(label="Tile size (0 = auto)", min=0, max=8192, step=64, value=0)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -63,6 +74,8 @@ class _SegmentationWidget(Container):
                 self.model,
                 self.device,
                 *self._task_controls(),
+                self.channel_axis,
+                self.scope,
                 self.tile_size,
                 self.run_button,
                 self.cancel_button,
@@ -72,84 +85,153 @@ class _SegmentationWidget(Container):
         )
         self.run_button.changed.connect(lambda: self.run(blocking=False))
         self.cancel_button.changed.connect(self.cancel)
+        self.model.changed.connect(self._on_model_changed)
+        self.image_layer.changed.connect(self._on_image_changed)
         self.viewer.layers.events.inserted.connect(self.image_layer.reset_choices)
         self.viewer.layers.events.removed.connect(self.image_layer.reset_choices)
+        self._on_image_changed()
 
     # --- controls ----------------------------------------------------------------------
     def _task_controls(self) -> list:
         return []
 
+    def _engine_kwargs(self) -> dict:
+        return {}
+
     def _default_model(self) -> str | None:
-        choices = self._model_choices(None)
-        return (
-            _DEFAULT_MODEL[self.task]
-            if _DEFAULT_MODEL[self.task] in choices
-            else (choices[0] if choices else None)
-        )
+        choices = [c for c in self._model_choices(None) if c != LOAD_CHECKPOINT]
+        preferred = _DEFAULT_MODEL[self.task]
+        return preferred if preferred in choices else (choices[0] if choices else None)
 
     def _model_choices(self, _widget) -> list[str]:
-        from ..core.models.registry import load_model  # noqa: F401  (registers entries)
-
-        return _registered_models()
+        return [*_registry().list_models(), LOAD_CHECKPOINT]
 
     def _image_layers(self, _widget) -> list:
         from napari.layers import Image
 
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
-    def _engine_kwargs(self) -> dict:
-        return {}
+    def _channel_choices(self, _widget) -> list:
+        picker = getattr(self, "image_layer", None)
+        layer = picker.value if picker is not None else None
+        if layer is None or layer.rgb:
+            return [AUTO_CHANNELS]
+        return [AUTO_CHANNELS, *(f"axis {a}" for a in range(layer.data.ndim - 2))]
+
+    def _on_image_changed(self, *_):
+        self.channel_axis.reset_choices()
+        layer = self.image_layer.value
+        spatial = 3 if layer is not None and layer.rgb else 2
+        self.scope.enabled = layer is not None and layer.data.ndim > spatial
+
+    def _on_model_changed(self, value):
+        if value != LOAD_CHECKPOINT:
+            return
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Load a napari-instseg checkpoint", "", "Checkpoints (*.safetensors)"
+        )
+        self.load_checkpoint(path) if path else self.model.reset_choices()
+
+    def load_checkpoint(self, path) -> str | None:
+        """Register a checkpoint file (remembered for later sessions) and select it."""
+        from ..core.types import ModelError
+
+        try:
+            name = _registry().remember_checkpoint(path)
+        except ModelError as err:
+            self._show_error(str(err))
+            self.model.value = self._default_model()
+            return None
+        self.model.reset_choices()
+        self.model.value = name
+        return name
+
+    def _selected_channel_axis(self, layer) -> int | None:
+        if layer.rgb:
+            return layer.data.ndim - 1
+        value = self.channel_axis.value
+        return None if value in (None, AUTO_CHANNELS) else int(value.split()[-1])
 
     # --- running -----------------------------------------------------------------------
-    def _make_generator(self, layer):
+    def _request(self):
+        """(layer, data to segment, slice offset) for the current settings."""
+        layer = self.image_layer.value
+        if layer is None:
+            raise _UserError("open an image layer first")
+        if self.model.value in (None, LOAD_CHECKPOINT):
+            raise _UserError("choose a model")
+        data = layer.data if not layer.multiscale else layer.data[0]
+        channel_axis = self._selected_channel_axis(layer)
+        n_stack = data.ndim - 2 - (channel_axis is not None)
+        offset: tuple[int, ...] = ()
+        if self.scope.value == CURRENT_SLICE and n_stack > 0:
+            point = layer.world_to_data(self.viewer.dims.point)
+            stack_axes = [a for a in range(data.ndim) if a != channel_axis][:n_stack]
+            offset = tuple(int(np.clip(round(point[a]), 0, data.shape[a] - 1)) for a in stack_axes)
+            index = [slice(None)] * data.ndim
+            for axis, position in zip(stack_axes, offset):
+                index[axis] = slice(position, position + 1)
+            data = data[tuple(index)]
+        return layer, data, channel_axis, offset
+
+    def _make_generator(self, data, channel_axis):
         from ..core import predict
 
         kwargs = {
             "model": self.model.value,
             "device": self.device.value,
             "tile_size": self.tile_size.value or None,
-            "channel_axis": None if not layer.rgb else layer.data.ndim - 1,
+            "channel_axis": channel_axis,
             **self._engine_kwargs(),
         }
         if self.task == "instance":
-            return predict.iter_segment_instances(layer.data, **kwargs)
-        return predict.iter_segment_semantic(layer.data, **kwargs)
+            return predict.iter_segment_instances(data, **kwargs)
+        return predict.iter_segment_semantic(data, **kwargs)
 
     def run(self, blocking: bool = False):
-        """Segment the chosen image; with ``blocking=True`` return the layers."""
-        layer = self.image_layer.value
-        if layer is None:
-            self._show_error("open an image layer first")
-            return None
+        """Segment the chosen image.
+
+        ``blocking=True`` computes in the calling thread and returns the layers
+        added or updated; otherwise starts (and returns) a thread worker.
+        """
         self.status.value = ""
+        try:
+            layer, data, channel_axis, offset = self._request()
+        except _UserError as err:
+            self._show_error(str(err))
+            return None
         if blocking:
             from ..core.predict import drain
 
             try:
-                result = drain(self._make_generator(layer))
+                result = drain(self._make_generator(data, channel_axis), self._on_progress)
             except Exception as err:
                 self._show_error(_message(err))
                 raise
-            return self._add_result(layer, result)
+            return self._add_result(layer, result, offset)
         from napari.qt.threading import create_worker
 
-        worker = create_worker(self._run_generator, layer, _start_thread=False)
+        def work():
+            return (yield from self._make_generator(data, channel_axis))
+
+        worker = create_worker(work, _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._add_result(layer, result))
+        worker.returned.connect(lambda result: self._add_result(layer, result, offset))
         worker.errored.connect(lambda err: self._show_error(_message(err)))
-        worker.aborted.connect(lambda: self._set_status("cancelled; no layer was changed"))
+        worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
+        self._set_status("Running…")
         worker.start()
         return worker
 
-    def _run_generator(self, layer):
-        return (yield from self._make_generator(layer))
-
     def cancel(self):
+        """Stop the running worker at its next tile; no layer is changed."""
         if self._worker is not None:
             self._worker.quit()
 
@@ -169,24 +251,32 @@ class _SegmentationWidget(Container):
         self.status.value = f"Error: {text}"
 
     # --- results -----------------------------------------------------------------------
-    def _add_result(self, source, result) -> list:
+    def _add_result(self, source, result, offset=()) -> list:
         model = str(self.model.value)
-        geometry = _layers.geometry_from(source)
-        intensity = np.asarray(source.data) if source.data.size <= 64e6 else None
+        geometry = _layers.geometry_from(source, stack_offset=offset)
+        data = source.data if not source.multiscale else source.data[0]
+        intensity = None
+        if not offset and data.size <= 64e6:
+            intensity = np.asarray(data)
         instances = result if self.task == "instance" else result.instances
         tuples = [
             _layers.labels_layer(
                 instances, f"{source.name} instances ({model})", geometry, intensity, model
             ),
-            _layers.boxes_layer(instances, f"{source.name} boxes ({model})", geometry, model),
+            _layers.boxes_layer(
+                instances,
+                f"{source.name} boxes ({model})",
+                geometry,
+                model,
+                show_text=getattr(self, "show_scores", None) is not None and self.show_scores.value,
+            ),
         ]
         if self.task == "semantic":
-            tuples.insert(
-                0,
-                _layers.classes_layer(result, f"{source.name} classes ({model})", geometry, model),
-            )
+            name = f"{source.name} classes ({model})"
+            tuples.insert(0, _layers.classes_layer(result, name, geometry, model))
         layers = [self._put_layer(t) for t in tuples]
-        self._set_status(f"{len(instances)} objects found")
+        link_boxes_and_labels(layers[-2], layers[-1])
+        self._set_status(f"{len(instances)} objects found.")
         return layers
 
     def _put_layer(self, layer_tuple):
@@ -195,11 +285,13 @@ class _SegmentationWidget(Container):
         previous = self._written.get(name)
         if previous is not None:
             layer, fingerprint = previous
-            if layer in self.viewer.layers and _fingerprint(layer.data) == fingerprint:
-                layer.data = data
-                for key in ("features", "scale", "translate"):
-                    if key in kwargs:
-                        setattr(layer, key, kwargs[key])
+            untouched = (
+                layer in self.viewer.layers
+                and layer.name == name
+                and _fingerprint(layer.data) == fingerprint
+            )
+            if untouched:  # update in place: keeps its position and display settings
+                _update_layer(layer, data, kwargs)
                 self._written[name] = (layer, _fingerprint(layer.data))
                 return layer
         if name in self.viewer.layers:  # edited by the user, or not ours: keep it
@@ -207,6 +299,55 @@ class _SegmentationWidget(Container):
         layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         self._written[name] = (layer, _fingerprint(layer.data))
         return layer
+
+
+def _update_layer(layer, data, kwargs) -> None:
+    layer.data = data
+    for key in ("scale", "translate", "rotate", "shear", "affine", "features", "metadata"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+    if len(data) and "edge_color" in kwargs:
+        layer.edge_color = kwargs["edge_color"]
+    if "text" in kwargs:
+        layer.text = kwargs["text"]
+
+
+def link_boxes_and_labels(labels, boxes) -> None:
+    """Selecting a box highlights its instance; picking a label selects its box."""
+    if "label_id" not in boxes.features:
+        return
+    busy = []
+
+    def on_box_selection(*_):
+        if busy:
+            return
+        selected = list(boxes.selected_data)
+        busy.append(True)
+        try:
+            if len(selected) == 1:
+                labels.selected_label = int(boxes.features["label_id"].iloc[selected[0]])
+                labels.show_selected_label = True
+            else:
+                labels.show_selected_label = False
+        finally:
+            busy.clear()
+
+    def on_label_selected(*_):
+        if busy:
+            return
+        rows = np.flatnonzero(boxes.features["label_id"].to_numpy() == labels.selected_label)
+        busy.append(True)
+        try:
+            boxes.selected_data = set(rows.tolist())
+        finally:
+            busy.clear()
+
+    boxes.selected_data.events.items_changed.connect(on_box_selection)
+    labels.events.selected_label.connect(on_label_selected)
+
+
+class _UserError(Exception):
+    pass
 
 
 def _fingerprint(data) -> int:
@@ -220,11 +361,11 @@ def _message(err: BaseException) -> str:
 
     if isinstance(err, (InputError, ModelError)):
         return str(err)
-    return f"{type(err).__name__}: {err}"
+    return f"{type(err).__name__}: {err}".splitlines()[0]
 
 
 class InstanceSegmentationWidget(_SegmentationWidget):
-    """Instance segmentation (Mask R-CNN)."""
+    """Instance segmentation (Mask R-CNN): labels, boxes and scores."""
 
     task = "instance"
 
@@ -232,14 +373,15 @@ class InstanceSegmentationWidget(_SegmentationWidget):
         self.score_threshold = FloatSpinBox(
             label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5
         )
-        return [self.score_threshold]
+        self.show_scores = CheckBox(text="Show class and score on boxes", value=False)
+        return [self.score_threshold, self.show_scores]
 
     def _engine_kwargs(self):
         return {"score_threshold": self.score_threshold.value}
 
 
 class SemanticSegmentationWidget(_SegmentationWidget):
-    """Semantic segmentation (U-Net)."""
+    """Semantic segmentation (U-Net): class map plus derived instances."""
 
     task = "semantic"
 

@@ -77,5 +77,9 @@ def test_manifest_validates():
     manifest = PluginManifest.from_distribution("napari-instseg")
     manifest.validate_imports()
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Instance segmentation (Mask R-CNN)", "Semantic segmentation (U-Net)"}
+    assert names == {
+        "Instance segmentation (Mask R-CNN)",
+        "Semantic segmentation (U-Net)",
+        "Evaluate segmentation",
+    }
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei", "nuclei-histology"}

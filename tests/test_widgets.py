@@ -185,3 +185,30 @@ def test_selecting_a_box_shows_its_instance_and_back(make_napari_viewer):
     assert boxes.selected_data == {2}
     boxes.selected_data = set()
     assert not labels.show_selected_label
+
+
+def test_evaluate_widget_table_and_error_layers(make_napari_viewer):
+    from napari_instseg._widgets.evaluate import EvaluateWidget
+
+    _, truth = disc_image((64, 64), [(16, 16), (45, 45), (16, 48)], 6)
+    pred = truth.copy()
+    pred[pred == 3] = 0  # missed object
+    pred[50:56, 5:11] = 9  # spurious object
+    viewer = make_napari_viewer()
+    viewer.add_labels(truth, name="truth")
+    viewer.add_labels(pred, name="pred")
+    widget = EvaluateWidget(viewer)
+    widget.ground_truth.value = viewer.layers["truth"]
+    widget.prediction.value = viewer.layers["pred"]
+    summary = widget.evaluate()
+    assert summary["ap"][0] == pytest.approx(2 / 4)
+    assert widget.table.data.to_list()[0][:2] == ["0.50", "0.500"]
+    fp = viewer.layers["false positives (pred)"].data
+    fn = viewer.layers["false negatives (truth)"].data
+    assert set(np.unique(fp)) == {0, 9} and set(np.unique(fn)) == {0, 3}
+    pred2 = pred.copy()
+    pred2[pred2 == 9] = 0
+    viewer.layers["pred"].data = pred2
+    widget.evaluate()  # updates the error layers in place
+    assert set(np.unique(viewer.layers["false positives (pred)"].data)) == {0}
+    assert "false positives (pred) [new]" not in viewer.layers

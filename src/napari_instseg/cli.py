@@ -131,6 +131,11 @@ def cmd_predict(args) -> int:
         raise CommandError(str(err)) from None
     except OSError as err:
         raise CommandError(f"{outdir}: cannot create output folder ({err.strerror})") from None
+    coco = None
+    if args.coco:
+        from .core.export import CocoBuilder
+
+        coco = CocoBuilder()
     files = _expand_inputs(args.inputs)
     if not files:
         raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
@@ -167,6 +172,8 @@ def cmd_predict(args) -> int:
                         **kwargs,
                     )
             _write_predictions(path.stem, outdir, instances, semantic)
+            if coco is not None:
+                _add_to_coco(coco, path.name, instances)
             if args.verbose:
                 print(f"{path}: {len(instances)} objects", file=sys.stderr)
         except (InputError, ModelError, Cancelled, OSError, ValueError) as err:
@@ -174,7 +181,21 @@ def cmd_predict(args) -> int:
                 raise
             failures += 1
             _error(f"{path}: {err}")
+    if coco is not None:
+        target = Path(args.coco)
+        try:
+            _atomic_write(target, lambda p: p.write_text(json.dumps(coco.document())))
+        except OSError as err:
+            _error(f"{target}: cannot write COCO file ({err.strerror})")
+            failures += 1
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _add_to_coco(coco, file_name: str, instances) -> None:
+    """Add a result to the COCO document; stacks go in slice by slice."""
+    for index, plane in instances.planes():
+        suffix = f"[{','.join(map(str, index))}]" if index else ""
+        coco.add(file_name + suffix, plane)
 
 
 # --- evaluate -----------------------------------------------------------------------------
@@ -272,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="axis of channels in a multichannel image (RGB is found itself)",
     )
+    p.add_argument("--coco", help="also write all results to this COCO JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_predict)

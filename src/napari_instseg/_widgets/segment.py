@@ -53,6 +53,7 @@ class _SegmentationWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._worker = None
+        self._activity = None  # napari progress shown while a worker runs
         self._written: dict[str, tuple[object, int]] = {}  # layer name -> (layer, fingerprint)
         _registry().register_remembered_checkpoints()
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
@@ -238,11 +239,21 @@ class _SegmentationWidget(Container):
     def _on_progress(self, step):
         self.progress.max = max(1, step.total)
         self.progress.value = step.done
+        if self._worker is not None:  # also in napari's activity dock
+            from napari.utils import progress
+
+            if self._activity is None:
+                self._activity = progress(total=step.total, desc=f"napari-instseg {self.task}")
+            self._activity.n = step.done
+            self._activity.refresh()
 
     def _on_finished(self):
         self.run_button.enabled = True
         self.cancel_button.enabled = False
         self._worker = None
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
 
     def _set_status(self, text: str):
         self.status.value = text

@@ -83,6 +83,42 @@ class MatchCounts:
         }
 
 
+def _assign(iou: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the one-to-one matches with IoU >= tau (max total IoU)."""
+    if not iou.size:
+        return np.zeros(0, int), np.zeros(0, int)
+    # for tau >= 0.5 a match is unique anyway; the assignment keeps lower
+    # thresholds one-to-one too
+    eligible = np.where(iou >= tau, iou, 0.0)
+    rows, cols = linear_sum_assignment(-eligible)
+    keep = (eligible[rows, cols] >= tau) & (eligible[rows, cols] > 0)
+    return rows[keep], cols[keep]
+
+
+@dataclass
+class InstanceMatch:
+    """Which objects matched at one threshold (ids as in the label images)."""
+
+    matched_true: np.ndarray
+    matched_pred: np.ndarray
+    false_negatives: np.ndarray  # true ids without a match
+    false_positives: np.ndarray  # predicted ids without a match
+
+
+def match_instances(true: np.ndarray, pred: np.ndarray, tau: float = 0.5) -> InstanceMatch:
+    true_ids = np.unique(true)
+    true_ids = true_ids[true_ids > 0]
+    pred_ids = np.unique(pred)
+    pred_ids = pred_ids[pred_ids > 0]
+    rows, cols = _assign(iou_matrix(true, pred), tau)
+    return InstanceMatch(
+        true_ids[rows],
+        pred_ids[cols],
+        np.setdiff1d(true_ids, true_ids[rows]),
+        np.setdiff1d(pred_ids, pred_ids[cols]),
+    )
+
+
 def match_counts(true: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOLDS) -> MatchCounts:
     """One-to-one matching maximising total IoU among pairs above each threshold."""
     iou = iou_matrix(true, pred)
@@ -91,15 +127,9 @@ def match_counts(true: np.ndarray, pred: np.ndarray, thresholds=DEFAULT_THRESHOL
     tp = np.zeros(len(thresholds), np.int64)
     sum_iou = np.zeros(len(thresholds))
     for i, tau in enumerate(thresholds):
-        if n_true and n_pred:
-            # For tau >= 0.5 a match is unique anyway; the assignment also makes
-            # lower thresholds one-to-one.
-            eligible = np.where(iou >= tau, iou, 0.0)
-            rows, cols = linear_sum_assignment(-eligible)
-            keep = eligible[rows, cols] >= tau
-            keep &= eligible[rows, cols] > 0
-            tp[i] = keep.sum()
-            sum_iou[i] = eligible[rows, cols][keep].sum()
+        rows, cols = _assign(iou, tau)
+        tp[i] = len(rows)
+        sum_iou[i] = iou[rows, cols].sum()
     return MatchCounts(
         thresholds,
         tp,

@@ -58,6 +58,25 @@ class InstanceResult:
     def __len__(self) -> int:
         return len(self.label_ids)
 
+    def planes(self):
+        """(stack index, 2D InstanceResult) per slice; ``((), self)`` for 2D."""
+        if self.labels.ndim == 2:
+            yield (), self
+            return
+        for flat, index in enumerate(np.ndindex(*self.labels.shape[:-2])):
+            rows = self.stack_index == flat
+            yield (
+                index,
+                InstanceResult(
+                    labels=self.labels[index],
+                    label_ids=self.label_ids[rows],
+                    boxes=self.boxes[rows],
+                    scores=self.scores[rows],
+                    class_ids=self.class_ids[rows],
+                    class_names=self.class_names,
+                ),
+            )
+
     @property
     def instance_class_names(self) -> list[str]:
         """The class name of each instance, aligned with ``label_ids``."""

@@ -44,9 +44,6 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_instseg.core.torch_setup import preload_triton_isolated
-
-    preload_triton_isolated()
     import napari
     from _common import machine_description
     from qtpy.QtCore import QTimer

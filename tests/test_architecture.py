@@ -81,5 +81,6 @@ def test_manifest_validates():
         "Instance segmentation (Mask R-CNN)",
         "Semantic segmentation (U-Net)",
         "Evaluate segmentation",
+        "Train model",
     }
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei", "nuclei-histology"}

@@ -65,7 +65,7 @@ def test_unet_trainer_runs_saves_and_resumes(tmp_path):
     assert resumed.resume() and resumed.state.iteration == 2
     assert drain(resumed.run()).iteration == 3
     log = (tmp_path / "log.csv").read_text().splitlines()
-    assert log[0] == "iteration,loss,lr,ap50,ap75,seconds" and len(log) == 4
+    assert log[0] == "iteration,loss,lr,score,ap50,ap75,seconds" and len(log) == 4
 
 
 def test_unet_loss_goes_down_on_a_learnable_task(tmp_path):

@@ -1,8 +1,9 @@
-"""napari's GL canvas first, then torchvision's detection code, in one process.
+"""napari's GL canvas first, then torchvision's detection code and a training
+step (torch.optim), in one process.
 
-On Mesa (Xvfb here, remote desktops, VMs) this segfaulted before
+On Mesa (Xvfb here, remote desktops, VMs) both segfaulted before
 ``core.torch_setup`` preloaded libtriton with RTLD_DEEPBIND. A fresh process
-is needed: in the test process torchvision may already be imported.
+is needed: in the test process triton may already be loaded.
 """
 
 import subprocess
@@ -36,6 +37,17 @@ CHILD = textwrap.dedent(
     model = LoadedModel(build_model(info).eval(), info, torch.device("cpu"))
     result = segment_instances(np.random.rand(128, 128), model, score_threshold=0.0)
     viewer.add_labels(result.labels)
+
+    # one training step: torch.optim reaches triton through torch._dynamo too
+    module = model.module.train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+    target = {"boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]),
+              "labels": torch.tensor([1]),
+              "masks": torch.zeros((1, 128, 128), dtype=torch.uint8)}
+    target["masks"][0, 10:40, 10:40] = 1
+    loss = sum(module([torch.rand(3, 128, 128)], [target]).values())
+    loss.backward()
+    optimizer.step()
     QApplication.processEvents()
     print("triton loaded:", "triton" in sys.modules, "instances:", len(result))
     viewer.close()

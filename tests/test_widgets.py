@@ -212,3 +212,53 @@ def test_evaluate_widget_table_and_error_layers(make_napari_viewer):
     widget.evaluate()  # updates the error layers in place
     assert set(np.unique(viewer.layers["false positives (pred)"].data)) == {0}
     assert "false positives (pred) [new]" not in viewer.layers
+
+
+def test_train_widget_fine_tunes_on_viewer_pairs_and_registers(
+    make_napari_viewer, tiny_unet_path, tmp_path, monkeypatch
+):
+    from napari_instseg._widgets.segment import SemanticSegmentationWidget
+    from napari_instseg._widgets.train import TrainWidget
+    from napari_instseg.core.models.registry import register_checkpoint
+
+    monkeypatch.setenv("NAPARI_INSTSEG_CONFIG_DIR", str(tmp_path))
+    register_checkpoint(tiny_unet_path)
+    viewer = make_napari_viewer()
+    segmenter = SemanticSegmentationWidget(viewer)
+    for i in range(3):
+        image, labels = disc_image((64, 64), [(15 + 5 * i, 20), (45, 40)], 6)
+        viewer.add_image(image, name=f"img{i}")
+        viewer.add_labels(labels, name=f"corrected{i}")
+    widget = TrainWidget(viewer)
+    for i in range(3):
+        widget.add_pair(viewer.layers[f"img{i}"], viewer.layers[f"corrected{i}"])
+    widget.add_pair(viewer.layers["img0"], viewer.add_labels(np.zeros((5, 5), int)))
+    assert "differ in shape" in widget.status.value and len(widget.pairs) == 3
+    widget.base_model.value = "tiny-unet"
+    widget.epochs.value = 3
+    widget.output.value = str(tmp_path / "mine.safetensors")
+    name, path, score = widget.train(blocking=True)
+    assert name == "mine" and path.exists() and 0 <= score <= 1
+    assert "before" in widget.status.value and "after" in widget.status.value
+    assert len(widget._history["loss"]) >= 1 and widget._history["val"]
+    assert "mine" in segmenter.model.choices  # registered at once
+
+
+def test_train_widget_cancel_saves_nothing(make_napari_viewer, qtbot, tiny_unet_path, tmp_path):
+    from napari_instseg._widgets.train import TrainWidget
+    from napari_instseg.core.models.registry import register_checkpoint
+
+    register_checkpoint(tiny_unet_path)
+    viewer = make_napari_viewer()
+    image, labels = disc_image((64, 64), [(20, 20)], 6)
+    widget = TrainWidget(viewer)
+    widget.add_pair(viewer.add_image(image), viewer.add_labels(labels))
+    widget.base_model.value = "tiny-unet"
+    widget.epochs.value = 1000
+    widget.output.value = str(tmp_path / "never.safetensors")
+    worker = widget.train(blocking=False)
+    worker.yielded.connect(lambda m: m[0] == "step" and m[1].done >= 2 and widget.cancel())
+    with qtbot.waitSignal(worker.finished, timeout=120000):
+        pass
+    assert not (tmp_path / "never.safetensors").exists()
+    assert widget.status.value.startswith("Cancelled")

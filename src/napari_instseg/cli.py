@@ -256,6 +256,81 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+# --- train ------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from .core import finetune
+    from .core.models.registry import ModelInfo, load_model
+    from .core.predict import drain
+    from .core.types import Cancelled, InputError, ModelError
+
+    try:
+        if args.arch:
+            if not args.classes:
+                raise CommandError("--arch needs --classes (e.g. --classes nucleus)")
+            info = ModelInfo(
+                name="new",
+                architecture=args.arch,
+                config={},
+                class_names=["background", *args.classes.split(",")],
+            )
+            model = None
+        else:
+            model = load_model(args.model, args.device)
+            info = model.info
+        kwargs = dict(semantic=args.semantic, ignore_value=args.ignore_value)
+        train = finetune.load_annotated_folder(args.images, args.masks, info, **kwargs)
+        val = None
+        if args.val_images or args.val_masks:
+            if not (args.val_images and args.val_masks):
+                raise CommandError("give both --val-images and --val-masks")
+            val = finetune.load_annotated_folder(args.val_images, args.val_masks, info, **kwargs)
+        output = Path(args.output)
+        job = finetune.prepare(
+            train,
+            model=model,
+            architecture=args.arch,
+            class_names=args.classes.split(",") if args.classes else None,
+            val=val,
+            val_fraction=args.val_fraction,
+            epochs=args.epochs,
+            max_minutes=args.max_minutes,
+            device=args.device,
+            name=args.name or output.stem,
+            run_dir=args.run_dir,
+            semantic=args.semantic,
+            seed=args.seed,
+        )
+    except (InputError, ModelError) as err:
+        raise CommandError(str(err)) from None
+    for warning in job.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if job.baseline:
+        print(f"validation before training: {job.baseline['score']:.3f}", file=sys.stderr)
+    trainer = job.trainer
+    total = None if args.max_minutes and args.epochs is None else trainer.config.iterations
+    with tqdm(total=total, desc="training", unit="it", disable=args.quiet) as bar:
+
+        def report(step):
+            bar.update(step.done - bar.n)
+            bar.set_postfix_str(step.message)
+
+        try:
+            drain(trainer.run(), report)
+        except (Cancelled, KeyboardInterrupt):
+            print("interrupted: saving the best model so far", file=sys.stderr)
+    saved = job.save(output)
+    best = trainer.state.best_score
+    print(
+        f"saved {saved} (best validation score {best:.3f} at iteration "
+        f"{trainer.state.best_iteration} of {trainer.state.iteration})"
+    )
+    return EXIT_OK
+
+
 # --- demo ---------------------------------------------------------------------------------
 
 
@@ -297,6 +372,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="fine-tune a model (or train a new one) on your masks")
+    p.add_argument("--model", default="nuclei-unet", help="model name or checkpoint to fine-tune")
+    p.add_argument(
+        "--arch",
+        choices=["unet", "maskrcnn"],
+        help="train a new model of this architecture instead (needs --classes)",
+    )
+    p.add_argument("--classes", help="comma-separated class names of a new model")
+    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument(
+        "--masks",
+        required=True,
+        help="folder of label images with the same file names (instance ids, or "
+        "class ids with --semantic; optional STEM_classes.csv per mask)",
+    )
+    p.add_argument("--val-images")
+    p.add_argument("--val-masks")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the images held out when no validation folders are given",
+    )
+    p.add_argument(
+        "--semantic", action="store_true", help="masks are class maps (multi-class semantic U-Net)"
+    )
+    p.add_argument(
+        "--ignore-value",
+        type=int,
+        default=None,
+        help="mask value of pixels that are not annotated (excluded from the loss)",
+    )
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this long and keep the best model so far",
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
+    p.add_argument("--run-dir", help="folder for training state and log.csv (default: temp)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score predicted labels against ground truth")
     p.add_argument("gt", help="ground-truth label image or folder")

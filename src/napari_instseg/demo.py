@@ -19,9 +19,6 @@ def demo_model() -> tuple[str, str] | None:
 
 
 def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
-    from .core.torch_setup import preload_triton_isolated
-
-    preload_triton_isolated()  # cheap here, before napari creates its GL canvas
     import napari
 
     viewer = napari.Viewer(title="napari-instseg demo")

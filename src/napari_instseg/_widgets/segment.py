@@ -88,6 +88,7 @@ class _SegmentationWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._on_model_changed)
         self.image_layer.changed.connect(self._on_image_changed)
+        _registry().on_registry_change(self._on_registry_change)
         self.viewer.layers.events.inserted.connect(self.image_layer.reset_choices)
         self.viewer.layers.events.removed.connect(self.image_layer.reset_choices)
         self._on_image_changed()
@@ -124,6 +125,12 @@ class _SegmentationWidget(Container):
         layer = self.image_layer.value
         spatial = 3 if layer is not None and layer.rgb else 2
         self.scope.enabled = layer is not None and layer.data.ndim > spatial
+
+    def _on_registry_change(self):
+        current = self.model.value
+        self.model.reset_choices()
+        if current in self.model.choices:
+            self.model.value = current
 
     def _on_model_changed(self, value):
         if value != LOAD_CHECKPOINT:

@@ -19,21 +19,51 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 @dataclass
 class AnnotatedImage:
-    """An image as (Y, X, C), its instance labels, and its normalisation range."""
+    """An image as (Y, X, C), its annotation and its normalisation range.
+
+    ``labels`` are instance ids, or class ids for semantic training.
+    ``instance_classes`` maps instance id -> class index (1 = first class) for
+    multi-class instance training; ``ignore_value`` marks unannotated pixels.
+    """
 
     name: str
     image: np.ndarray
     labels: np.ndarray
     lows: np.ndarray
     highs: np.ndarray
+    instance_classes: dict[int, int] | None = None
+    ignore_value: int | None = None
 
     @classmethod
-    def create(cls, name: str, image: np.ndarray, labels: np.ndarray, normalization: dict):
+    def create(
+        cls,
+        name: str,
+        image: np.ndarray,
+        labels: np.ndarray,
+        normalization: dict,
+        instance_classes: dict[int, int] | None = None,
+        ignore_value: int | None = None,
+        annotated_region_only: bool = False,
+    ):
+        image = np.asarray(image)
         image = image[..., None] if image.ndim == 2 else image
-        if image.shape[:2] != labels.shape:
-            raise InputError(f"{name}: image {image.shape[:2]} and mask {labels.shape} differ")
+        labels = np.asarray(labels)
+        if labels.ndim != 2 or image.ndim != 3 or image.shape[:2] != labels.shape:
+            raise InputError(
+                f"{name}: image {image.shape} and mask {labels.shape} do not match "
+                "(a 2D mask with the image's height and width is needed)"
+            )
+        if annotated_region_only:
+            annotated = labels != 0 if ignore_value is None else (labels != ignore_value)
+            annotated &= labels != 0
+            if annotated.any():
+                ys, xs = np.nonzero(annotated)
+                margin = 16
+                y0, y1 = max(0, ys.min() - margin), min(labels.shape[0], ys.max() + margin + 1)
+                x0, x1 = max(0, xs.min() - margin), min(labels.shape[1], xs.max() + margin + 1)
+                image, labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
         lows, highs = percentile_range(image, normalization["low"], normalization["high"])
-        return cls(name, image, labels, lows, highs)
+        return cls(name, image, labels, lows, highs, instance_classes, ignore_value)
 
     def normalized(self) -> np.ndarray:
         return apply_range(self.image, self.lows, self.highs)
@@ -81,6 +111,9 @@ def paired_files(images_dir: str | os.PathLike, masks_dir: str | os.PathLike):
     """(stem, image path, mask path) of images with a mask of the same stem
     (a ``_labels`` or ``_masks`` suffix on the mask is allowed)."""
     masks = {}
+    for folder in (images_dir, masks_dir):
+        if not Path(folder).is_dir():
+            raise InputError(f"{folder}: no such folder")
     for path in sorted(Path(masks_dir).iterdir()):
         if path.suffix.lower() in IMAGE_SUFFIXES:
             masks[path.stem.removesuffix("_labels").removesuffix("_masks")] = path
@@ -91,16 +124,36 @@ def paired_files(images_dir: str | os.PathLike, masks_dir: str | os.PathLike):
     return pairs
 
 
-def unet_targets(labels: np.ndarray) -> np.ndarray:
+IGNORE_INDEX = 255  # target value the losses skip
+
+
+def unet_targets(labels: np.ndarray, ignore_value: int | None = None) -> np.ndarray:
     """Background / interior / boundary classes (uint8) from instance labels.
 
     Boundary is each object's inner rim (1 px), so touching nuclei are
     separated by 2 px of boundary that the engine later splits along.
+    Pixels equal to ``ignore_value`` become ``IGNORE_INDEX``.
     """
+    ignore = labels == ignore_value if ignore_value is not None else None
+    if ignore is not None:
+        labels = np.where(ignore, 0, labels)
     classes = np.full(labels.shape, BACKGROUND, np.uint8)
     classes[labels > 0] = INTERIOR
     classes[find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)] = BOUNDARY
+    if ignore is not None:
+        classes[ignore] = IGNORE_INDEX
     return classes
+
+
+def read_instance_classes(path: Path) -> dict[int, str]:
+    """``label_id,class_name`` rows of a CSV (multi-class instance training)."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"label_id", "class_name"} <= set(rows[0]):
+        raise InputError(f"{path}: needs the columns label_id,class_name")
+    return {int(r["label_id"]): r["class_name"].strip() for r in rows}
 
 
 @dataclass

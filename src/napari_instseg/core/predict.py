@@ -224,8 +224,9 @@ def _semantic_slice(
     tile_size: int,
     overlap: int,
     keep_probabilities: bool,
+    instance_class: int,
 ) -> Generator[None, None, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Class map, confidence (uint8, max probability x 255) and optional
+    """Class map, the instance class's probability (uint8, x 255) and optional
     probabilities of one slice. Tiles are blended row band by row band, so only
     one band of probabilities is held unless ``keep_probabilities``."""
     module = loaded.module
@@ -236,7 +237,7 @@ def _semantic_slice(
     tiles = tile_grid(height, width, tile_size, overlap)
     ramp = max(1, overlap // 2)
     classes = np.zeros((height, width), np.uint8)
-    confidence = np.zeros((height, width), np.uint8)
+    instance_probability = np.zeros((height, width), np.uint8)
     probabilities = np.zeros((n_classes, height, width), np.float32) if keep_probabilities else None
 
     rows: dict[int, list[Tile]] = {}
@@ -278,13 +279,15 @@ def _semantic_slice(
         n_final = final_end - band_start
         blended = band_acc[:, :n_final] / np.maximum(band_weight[:n_final], 1e-6)
         classes[band_start:final_end] = blended.argmax(0)
-        confidence[band_start:final_end] = np.round(blended.max(0) * 255).astype(np.uint8)
+        instance_probability[band_start:final_end] = np.round(blended[instance_class] * 255).astype(
+            np.uint8
+        )
         if probabilities is not None:
             probabilities[:, band_start:final_end] = blended
         band_acc = band_acc[:, n_final:]
         band_weight = band_weight[n_final:]
         band_start = final_end
-    return classes, confidence, probabilities
+    return classes, instance_probability, probabilities
 
 
 def iter_segment_semantic(
@@ -314,6 +317,7 @@ def iter_segment_semantic(
     boundary = (
         loaded.info.class_names.index("boundary") if "boundary" in loaded.info.class_names else -1
     )
+    seed_threshold = float(post.get("seed_threshold", 0.5))
 
     spatial = None
     outputs = []
@@ -331,23 +335,28 @@ def iter_segment_semantic(
             if return_probabilities is not None
             else spatial[0] * spatial[1] * len(indices) <= _MAX_PROBABILITY_PIXELS
         )
-        gen = _semantic_slice(work_reader, loaded, lows, highs, tile_size, overlap, keep)
+        gen = _semantic_slice(work_reader, loaded, lows, highs, tile_size, overlap, keep, interior)
         while True:
             try:
                 next(gen)
             except StopIteration as stop:
-                classes, confidence, probs = stop.value
+                classes, interior_probability, probs = stop.value
                 break
             done += 1
             yield Progress(done, total, "predicting tiles")
         if rescale != 1.0:
             classes = _resize_labels(classes, spatial)
-            confidence = _resize_labels(confidence, spatial)
+            interior_probability = _resize_labels(interior_probability, spatial)
             probs = None
         labels = instances_from_classes(
-            classes, min_size, interior_class=interior, boundary_class=boundary
+            classes,
+            min_size,
+            interior_class=interior,
+            boundary_class=boundary,
+            seed_probability=interior_probability,
+            seed_threshold=seed_threshold,
         )
-        outputs.append((classes, confidence, probs, labels))
+        outputs.append((classes, interior_probability, probs, labels))
 
     return _assemble_semantic(outputs, stack_shape, spatial, loaded)
 
@@ -358,9 +367,13 @@ def _assemble_semantic(outputs, stack_shape, spatial, loaded) -> SemanticResult:
     instance_class = loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
     class_names = ["background", instance_class]
     results = []
-    for _, confidence, _, labels in outputs:
+    for _, interior_probability, _, labels in outputs:
         n = int(labels.max()) if labels.size else 0
-        scores = ndimage.mean(confidence, labels, np.arange(1, n + 1)) / 255.0 if n else np.zeros(0)
+        scores = (
+            ndimage.mean(interior_probability, labels, np.arange(1, n + 1)) / 255.0
+            if n
+            else np.zeros(0)
+        )
         results.append(instance_result_from_labels(labels, class_names, scores=scores))
     instances = _stack_instances(results, stack_shape, spatial, class_names)
     classes = np.stack([o[0] for o in outputs]).reshape(*stack_shape, *spatial)

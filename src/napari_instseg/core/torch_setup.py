@@ -1,15 +1,16 @@
-"""The one place that makes torchvision safe to import inside napari.
+"""The one place that makes torch's compiler stack safe inside napari.
 
-Root cause: ``import torchvision`` imports ``torchvision.ops``, whose
-``roi_align`` imports ``torch._dynamo``, which imports triton when it is
-installed (``torch/_dynamo/utils.py``: ``if has_triton_package(): import triton``).
+Root cause: torch imports triton lazily from ``torch._dynamo``
+(``torch/_dynamo/utils.py``: ``if has_triton_package(): import triton``), and
+``torch._dynamo`` is imported by ``import torchvision`` (``torchvision.ops.
+roi_align``) and by ``torch.optim`` optimisers, among others.
 libtriton.so bundles its own LLVM but exports its symbols. Once napari's
 OpenGL canvas exists on Mesa (remote desktops, VMs, Xvfb), Mesa's
 ``libLLVM-15.so`` is already in the global symbol scope, so libtriton's LLVM
 references bind to Mesa's copy and its static initialisers
 (``llvm::DebugCounter``) segfault. Plain ``import torch`` does not import triton.
 
-Fix: before torchvision is first imported, load libtriton.so ourselves with
+Fix: before any of that, load libtriton.so ourselves with
 ``RTLD_DEEPBIND`` (it resolves symbols inside itself first) and
 ``RTLD_LOCAL`` (its symbols stay out of the global scope). torch's later
 ``import triton`` reuses the loaded library. Only libtriton gets DEEPBIND,
@@ -20,7 +21,6 @@ TORCH_COMPILE_DISABLE do not prevent the import, and hiding triton from
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import os
 import sys
@@ -54,9 +54,3 @@ def preload_triton_isolated() -> bool:
             except OSError:
                 pass  # torch's own import then reports the problem as usual
     return loaded
-
-
-def import_torchvision_detection():
-    """``torchvision.models.detection``, imported safely beside Mesa's LLVM."""
-    preload_triton_isolated()
-    return importlib.import_module("torchvision.models.detection")

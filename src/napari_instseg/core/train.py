@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
+from .data import IGNORE_INDEX, AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
 from .metrics import match_counts
 from .models import checkpoint
 from .models.registry import LoadedModel, ModelInfo
@@ -49,30 +49,47 @@ class TrainState:
     seconds: float = 0.0
 
 
-def learning_rate_at(config: TrainConfig, iteration: int) -> float:
-    """Linear warm-up, then cosine decay to 1% of the peak."""
+def learning_rate_at(config: TrainConfig, iteration: int, time_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to 1% of the peak. With a time
+    budget, the decay follows whichever runs out first: iterations or time."""
     if iteration < config.warmup_iterations:
         return config.learning_rate * (iteration + 1) / config.warmup_iterations
     progress = (iteration - config.warmup_iterations) / max(
         1, config.iterations - config.warmup_iterations
     )
+    progress = max(progress, time_fraction)
     return config.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1, progress))))
 
 
 def unet_batch(
-    samples: Sequence[AnnotatedImage], config: TrainConfig, rng: np.random.Generator
+    samples: Sequence[AnnotatedImage],
+    config: TrainConfig,
+    rng: np.random.Generator,
+    semantic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops and targets: boundary-aware classes from instance labels, or the
+    class maps themselves (``semantic``)."""
     images, targets = [], []
     for index in rng.integers(0, len(samples), config.batch_size):
-        image, labels = augmented_crop(samples[int(index)], config.augment, rng)
+        sample = samples[int(index)]
+        image, labels = augmented_crop(sample, config.augment, rng)
         images.append(image)
-        targets.append(unet_targets(labels))
+        if semantic:
+            target = labels.astype(np.uint8)
+            if sample.ignore_value is not None:
+                target[labels == sample.ignore_value] = IGNORE_INDEX
+        else:
+            target = unet_targets(labels, sample.ignore_value)
+        targets.append(target)
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)).long()
 
 
-def detection_target(labels: np.ndarray, min_area: int = 4) -> dict[str, torch.Tensor]:
+def detection_target(
+    labels: np.ndarray, min_area: int = 4, instance_classes: dict[int, int] | None = None
+) -> dict[str, torch.Tensor]:
     """torchvision detection target (boxes x1,y1,x2,y2, labels, masks) of a crop;
-    slivers cut by the crop edge (< ``min_area`` px or < 2 px wide) are dropped."""
+    slivers cut by the crop edge (< ``min_area`` px or < 2 px wide) are dropped.
+    ``instance_classes`` gives each instance's class index (default 1)."""
     from scipy import ndimage
 
     ids = np.flatnonzero(np.bincount(labels.ravel()) >= min_area)
@@ -87,9 +104,10 @@ def detection_target(labels: np.ndarray, min_area: int = 4) -> dict[str, torch.T
             keep.append(label_id)
     keep = np.asarray(keep, dtype=labels.dtype)
     masks = labels[None] == keep[:, None, None]
+    classes = [(instance_classes or {}).get(int(i), 1) for i in keep]
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.ones(len(keep), dtype=torch.int64),
+        "labels": torch.tensor(classes, dtype=torch.int64),
         "masks": torch.from_numpy(masks.astype(np.uint8)),
     }
 
@@ -97,17 +115,52 @@ def detection_target(labels: np.ndarray, min_area: int = 4) -> dict[str, torch.T
 def maskrcnn_batch(samples, config: TrainConfig, rng: np.random.Generator):
     images, targets = [], []
     for index in rng.integers(0, len(samples), config.batch_size):
-        image, labels = augmented_crop(samples[int(index)], config.augment, rng)
+        sample = samples[int(index)]
+        image, labels = augmented_crop(sample, config.augment, rng)
+        if sample.ignore_value is not None:
+            labels = np.where(labels == sample.ignore_value, 0, labels)
         images.append(torch.from_numpy(image))
-        targets.append(detection_target(labels))
+        targets.append(detection_target(labels, instance_classes=sample.instance_classes))
     return images, targets
 
 
+def semantic_mean_iou(loaded: LoadedModel, samples: Sequence[AnnotatedImage]) -> float:
+    """Mean IoU over the foreground classes, pixels summed over images."""
+    from .predict import segment_semantic
+
+    n = len(loaded.info.class_names)
+    confusion = np.zeros((n, n), np.int64)
+    for sample in samples:
+        pred = segment_semantic(sample.image, loaded, return_probabilities=False).classes
+        valid = sample.labels < n
+        if sample.ignore_value is not None:
+            valid &= sample.labels != sample.ignore_value
+        pairs = sample.labels[valid].astype(np.int64) * n + pred[valid]
+        confusion += np.bincount(pairs, minlength=n * n).reshape(n, n)
+    inter = np.diag(confusion)[1:]
+    union = (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))[1:]
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else 0.0
+
+
 def validate(
-    loaded: LoadedModel, samples: Sequence[AnnotatedImage], thresholds=(0.5, 0.75)
+    loaded: LoadedModel,
+    samples: Sequence[AnnotatedImage],
+    thresholds=(0.5, 0.75),
+    semantic: bool = False,
 ) -> dict:
-    """AP at each threshold (counts summed over images) through the engine,
-    exactly as users and the benchmark get predictions."""
+    """Validation scores through the engine, exactly as users get predictions:
+    AP at each threshold (counts summed over images), or for semantic models
+    trained on class maps the mean IoU of the classes. ``score`` is the one
+    that selects the best model."""
+    if semantic:
+        was_training = loaded.module.training
+        loaded.module.eval()
+        try:
+            miou = semantic_mean_iou(loaded, samples)
+        finally:
+            loaded.module.train(was_training)
+        return {"score": miou, "mean_iou": miou}
     from .predict import segment_instances, segment_semantic
 
     module = loaded.module
@@ -121,12 +174,19 @@ def validate(
                 pred = pred.instances.labels
             else:
                 pred = segment_instances(sample.image, loaded).labels
-            counts = match_counts(sample.labels, pred, thresholds)
+            truth = sample.labels
+            if sample.ignore_value is not None:
+                truth = np.where(truth == sample.ignore_value, 0, truth)
+            counts = match_counts(truth, pred, thresholds)
             total = counts if total is None else total + counts
     finally:
         module.train(was_training)
     summary = total.summary()
-    return {f"ap{int(round(t * 100))}": ap for t, ap in zip(thresholds, summary["ap"])}
+    scores = {f"ap{int(round(t * 100))}": ap for t, ap in zip(thresholds, summary["ap"])}
+    return {"score": summary["ap"][0], **scores}
+
+
+LOG_COLUMNS = ["iteration", "loss", "lr", "score", "ap50", "ap75", "seconds"]
 
 
 class Trainer:
@@ -139,6 +199,7 @@ class Trainer:
     """
 
     channels_last = False
+    semantic = False  # trained on class maps (scored by mean IoU) instead of instances
 
     def __init__(
         self,
@@ -164,6 +225,9 @@ class Trainer:
             module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.log_path = self.run_dir / "log.csv"
+        self.last_scores: dict = {}
+        self.last_loss: float | None = None
+        self.validated_at = 0  # iteration of the latest validation
 
     def batch(self, rng: np.random.Generator):
         raise NotImplementedError
@@ -204,8 +268,8 @@ class Trainer:
             "config": _jsonable(asdict(self.config)),
             "iteration": self.state.iteration,
             "validation": scores,
-            "train_images": len(self.train_samples),
-            "val_images": len(self.val_samples),
+            "train_image_count": len(self.train_samples),
+            "val_image_count": len(self.val_samples),
             "seconds": round(self.state.seconds, 1),
         }
         metadata = {**info.to_metadata(), "training": training}
@@ -214,9 +278,7 @@ class Trainer:
     def _log(self, row: dict) -> None:
         new = not self.log_path.exists()
         with self.log_path.open("a", newline="") as f:
-            writer = csv.DictWriter(
-                f, fieldnames=["iteration", "loss", "lr", "ap50", "ap75", "seconds"]
-            )
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -234,7 +296,8 @@ class Trainer:
                 raise Cancelled()
             it = self.state.iteration
             inputs, targets = self.batch(np.random.default_rng([config.seed, it]))
-            lr = learning_rate_at(config, it)
+            budget = 60 * config.max_minutes if config.max_minutes else math.inf
+            lr = learning_rate_at(config, it, (time.monotonic() - started) / budget)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss = self.loss(inputs, targets)
@@ -243,6 +306,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
             self.optimizer.step()
             value = loss.item()
+            self.last_loss = value
             running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value
             self.state.iteration = it + 1
             self.state.seconds = time.monotonic() - started
@@ -256,17 +320,22 @@ class Trainer:
             }
             last = self.state.iteration >= config.iterations or time.monotonic() > deadline
             if self.val_samples and (self.state.iteration % config.val_every == 0 or last):
-                scores = validate(self.loaded, self.val_samples)
+                scores = validate(self.loaded, self.val_samples, semantic=self.semantic)
                 module.train()
                 row.update(scores)
-                if scores["ap50"] > self.state.best_score:
-                    self.state.best_score = scores["ap50"]
+                self.last_scores = scores
+                self.validated_at = self.state.iteration
+                if scores["score"] > self.state.best_score:
+                    self.state.best_score = scores["score"]
                     self.state.best_iteration = self.state.iteration
                     self.save_model(self.run_dir / "best.safetensors", scores)
             self._log(row)
             if self.state.iteration % config.checkpoint_every == 0 or last:
                 self.save_state()
-            yield Progress(self.state.iteration, config.iterations, f"loss {running_loss:.4f}")
+            message = f"loss {running_loss:.4f}"
+            if self.state.best_score >= 0:
+                message += f", best validation {self.state.best_score:.3f}"
+            yield Progress(self.state.iteration, config.iterations, message)
             if last:
                 break
         return self.state
@@ -279,15 +348,29 @@ class UNetTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.class_weights = torch.tensor(self.config.class_weights, device=self.loaded.device)
+        n = len(self.loaded.info.class_names)
+        weights = list(self.config.class_weights)[:n] + [1.0] * max(
+            0, n - len(self.config.class_weights)
+        )
+        if self.semantic:
+            weights = [1.0] * n
+        self.class_weights = torch.tensor(weights, device=self.loaded.device)
 
     def batch(self, rng):
-        return unet_batch(self.train_samples, self.config, rng)
+        return unet_batch(self.train_samples, self.config, rng, semantic=self.semantic)
 
     def loss(self, inputs, targets):
         device = self.loaded.device
         logits = self.loaded.module(inputs.to(device).contiguous(memory_format=torch.channels_last))
-        return F.cross_entropy(logits, targets.to(device), weight=self.class_weights)
+        return F.cross_entropy(
+            logits, targets.to(device), weight=self.class_weights, ignore_index=IGNORE_INDEX
+        )
+
+
+class SemanticUNetTrainer(UNetTrainer):
+    """A U-Net trained on class maps (any number of classes), scored by mean IoU."""
+
+    semantic = True
 
 
 class MaskRCNNTrainer(Trainer):

@@ -21,9 +21,6 @@ def coco_weights_file() -> Path:
 
 
 def coco_metadata() -> dict:
-    from ..torch_setup import import_torchvision_detection
-
-    import_torchvision_detection()
     from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 
     categories = list(MaskRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"])

@@ -7,16 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
-
-from ..torch_setup import import_torchvision_detection
-
-import_torchvision_detection()  # before any torchvision import: see torch_setup
-
-from torchvision.models.detection import MaskRCNN  # noqa: E402
-from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # noqa: E402
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead  # noqa: E402
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor  # noqa: E402
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:

@@ -64,7 +64,7 @@ def _build_unet(config: dict) -> nn.Module:
 
 
 def _build_maskrcnn(config: dict) -> nn.Module:
-    from .maskrcnn import build_maskrcnn  # imports torchvision safely (torch_setup)
+    from .maskrcnn import build_maskrcnn
 
     return build_maskrcnn(**config)
 
@@ -108,10 +108,29 @@ class RegisteredModel:
 
 
 _REGISTRY: dict[str, RegisteredModel] = {}
+_LISTENERS: list = []  # weak references to callables told about new models
 
 
 def register_model(entry: RegisteredModel) -> None:
     _REGISTRY[entry.name] = entry
+    for ref in list(_LISTENERS):
+        callback = ref()
+        if callback is None:
+            _LISTENERS.remove(ref)
+            continue
+        try:
+            callback()
+        except RuntimeError:  # e.g. a closed widget's Qt object
+            _LISTENERS.remove(ref)
+
+
+def on_registry_change(callback) -> None:
+    """Call ``callback()`` whenever a model is registered (weakly held, so a
+    closed widget is not kept alive)."""
+    import weakref
+
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else weakref.ref(callback)
+    _LISTENERS.append(ref)
 
 
 def register_checkpoint(path: str | os.PathLike, name: str | None = None) -> str:

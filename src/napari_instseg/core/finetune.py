@@ -1,0 +1,278 @@
+"""Fine-tuning (or training from scratch) on a user's own annotations.
+
+Shared by the ``train`` command and the "Train model" widget: load pairs,
+split validation, pick a schedule that fits a time budget, train with the
+resumable ``Trainer``, and write the best model as a checkpoint that loads
+wherever a model name does.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import AnnotatedImage, paired_files, read_image, read_instance_classes
+from .models.registry import LoadedModel, ModelInfo, build_model, load_model, resolve_device
+from .train import (
+    MaskRCNNTrainer,
+    SemanticUNetTrainer,
+    TrainConfig,
+    Trainer,
+    UNetTrainer,
+    validate,
+)
+from .types import InputError
+
+# Architectures for training from scratch (same as the bundled models).
+NEW_MODEL_CONFIGS = {
+    "unet": {"in_channels": 3, "widths": [16, 32, 64, 128, 256], "norm": "batch"},
+    "maskrcnn": {
+        "backbone": "resnet18",
+        "norm": "batch",
+        "anchor_sizes": [8, 16, 32, 64, 128],
+        "detections_per_image": 500,
+        "box_head_size": 256,
+        "mask_head_channels": 128,
+        "box_batch_size_per_image": 128,
+        "rpn_pre_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_train": 500,
+        "rpn_pre_nms_top_n_test": 1000,
+        "rpn_post_nms_top_n_test": 500,
+    },
+}
+MIN_OBJECTS_WITHOUT_WARNING = 20
+
+
+def load_annotated_folder(
+    images_dir,
+    masks_dir,
+    info: ModelInfo,
+    semantic: bool = False,
+    ignore_value: int | None = None,
+    annotated_region_only: bool = False,
+) -> list[AnnotatedImage]:
+    """Image/mask pairs matched by file stem. For multi-class instance models,
+    ``STEM_classes.csv`` beside a mask gives ``label_id,class_name`` rows."""
+    samples = []
+    for stem, image_path, mask_path in paired_files(images_dir, masks_dir):
+        classes_csv = mask_path.with_name(f"{stem}_classes.csv")
+        instance_classes = None
+        if classes_csv.exists() and not semantic:
+            instance_classes = class_indices(read_instance_classes(classes_csv), info, stem)
+        samples.append(
+            annotated(
+                stem,
+                read_image(image_path),
+                read_image(mask_path),
+                info,
+                instance_classes,
+                ignore_value,
+                annotated_region_only,
+            )
+        )
+    if not samples:
+        raise InputError(f"no images in {images_dir} have a mask with the same name in {masks_dir}")
+    return samples
+
+
+def class_indices(names_by_label: dict[int, str], info: ModelInfo, where: str) -> dict[int, int]:
+    index = {}
+    for label_id, name in names_by_label.items():
+        if name not in info.class_names[1:]:
+            known = ", ".join(info.class_names[1:])
+            raise InputError(f"{where}: class {name!r} is not one of the model's ({known})")
+        index[label_id] = info.class_names.index(name)
+    return index
+
+
+def annotated(
+    name,
+    image,
+    labels,
+    info: ModelInfo,
+    instance_classes=None,
+    ignore_value=None,
+    annotated_region_only=False,
+) -> AnnotatedImage:
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[0] in (1, 3, 4):
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.ndim == 2 or image.shape[-1] == 1:
+        image = np.repeat(image.reshape(*image.shape[:2], 1), info.in_channels, axis=-1)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iub":
+        raise InputError(f"{name}: masks must hold integer labels, not {labels.dtype}")
+    return AnnotatedImage.create(
+        name,
+        image,
+        labels.astype(np.int64),
+        info.normalization,
+        instance_classes,
+        ignore_value,
+        annotated_region_only,
+    )
+
+
+@dataclass
+class FineTuneJob:
+    """A prepared training run: the trainer plus what the user should know."""
+
+    trainer: Trainer
+    warnings: list[str] = field(default_factory=list)
+    baseline: dict = field(default_factory=dict)  # validation scores before training
+
+    def save(self, output) -> Path:
+        """Copy the best checkpoint (by validation) to ``output``."""
+        best = self.trainer.run_dir / "best.safetensors"
+        if not best.exists():  # no validation ran: save the current weights
+            self.trainer.save_model(best, self.trainer.last_scores)
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        shutil.copyfile(best, tmp)
+        tmp.replace(output)
+        return output
+
+
+def prepare(
+    train: list[AnnotatedImage],
+    *,
+    model=None,
+    architecture: str | None = None,
+    class_names: list[str] | None = None,
+    val: list[AnnotatedImage] | None = None,
+    val_fraction: float = 0.2,
+    epochs: float | None = None,
+    max_minutes: float | None = None,
+    device: str = "auto",
+    name: str = "finetuned",
+    run_dir=None,
+    learning_rate: float | None = None,
+    batch_size: int | None = None,
+    semantic: bool = False,
+    measure_baseline: bool = True,
+    seed: int = 0,
+) -> FineTuneJob:
+    """Set up training on ``train`` (AnnotatedImage list, see ``annotated``).
+
+    ``model`` (name, path or LoadedModel) is fine-tuned; or ``architecture``
+    ("unet"/"maskrcnn") with ``class_names`` (without background) trains a
+    new one. Without ``val``, ``val_fraction`` of the images is held out
+    (at least one; a single image is used for both, with a warning).
+    """
+    warnings: list[str] = []
+    loaded = _starting_model(model, architecture, class_names, device, name, semantic)
+    train, val, split_warning = _split(list(train), val, val_fraction, seed)
+    if split_warning:
+        warnings.append(split_warning)
+    n_objects = sum(int(len(np.unique(s.labels)) - 1) for s in train)
+    if not semantic and n_objects < MIN_OBJECTS_WITHOUT_WARNING:
+        warnings.append(f"only {n_objects} annotated objects: expect a small improvement at best")
+    smallest = min(min(s.labels.shape) for s in train)
+    crop = int(min(256, max(32, 2 ** math.floor(math.log2(max(smallest, 32))))))
+    batch = batch_size or (8 if loaded.info.architecture == "unet" else 4)
+    if epochs is None and max_minutes is None:
+        epochs = 50
+    iterations = max(1, math.ceil(epochs * len(train) / batch)) if epochs is not None else 10**7
+    finetuning = architecture is None
+    config = TrainConfig(
+        iterations=iterations,
+        batch_size=batch,
+        learning_rate=learning_rate or (5e-4 if finetuning else 2e-3),
+        warmup_iterations=min(20 if finetuning else 200, max(1, iterations // 10)),
+        val_every=max(5, min(100, iterations // 10)) if epochs is not None else 25,
+        checkpoint_every=25,
+        seed=seed,
+        max_minutes=max_minutes,
+    )
+    config.augment.crop_size = crop
+    trainer_class = (
+        MaskRCNNTrainer
+        if loaded.info.architecture == "maskrcnn"
+        else SemanticUNetTrainer
+        if semantic
+        else UNetTrainer
+    )
+    run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="instseg-train-"))
+    provenance = {
+        "base_model": str(model)
+        if model is not None and not isinstance(model, LoadedModel)
+        else getattr(model, "name", None),
+        "train_images": [s.name for s in train],
+        "val_images": [s.name for s in val],
+    }
+    trainer = trainer_class(loaded, train, val, config, run_dir, provenance)
+    baseline = {}
+    if measure_baseline and finetuning and val:
+        baseline = validate(loaded, val, semantic=semantic)
+    return FineTuneJob(trainer, warnings, baseline)
+
+
+def _starting_model(model, architecture, class_names, device, name, semantic) -> LoadedModel:
+    target = resolve_device(device)
+    if architecture is not None:
+        if architecture not in NEW_MODEL_CONFIGS:
+            raise InputError(f"unknown architecture {architecture!r} (use unet or maskrcnn)")
+        if not class_names:
+            raise InputError("training a new model needs its class names (--classes)")
+        config = dict(NEW_MODEL_CONFIGS[architecture])
+        if architecture == "unet":
+            names = ["background", *class_names]
+            if not semantic:  # instances from a boundary-aware class map
+                names = ["background", class_names[0], "boundary"]
+            config["num_classes"] = len(names)
+        else:
+            names = ["background", *class_names]
+            config["num_classes"] = len(names)
+        info = ModelInfo(
+            name=name,
+            architecture=architecture,
+            config=config,
+            class_names=names,
+            description=f"{architecture} trained with napari-instseg on the user's data",
+            postprocess={"min_size": 8, "instance_class": names[1]}
+            if architecture == "unet"
+            else {},
+        )
+        return LoadedModel(build_model(info).to(target), info, target)
+    if model is None:
+        raise InputError("choose a model to fine-tune, or an architecture to train from scratch")
+    base = load_model(model, device)
+    # train a copy, never the caller's (or a widget's cached) model in place
+    info = ModelInfo.from_metadata(
+        {
+            **base.info.to_metadata(),
+            "name": name,
+            "description": f"{base.name} fine-tuned with napari-instseg",
+        }
+    )
+    module = build_model(info)
+    module.load_state_dict(base.module.state_dict())
+    if semantic and base.info.architecture != "unet":
+        raise InputError("--semantic training needs a U-Net")
+    return LoadedModel(module.to(target), info, target)
+
+
+def _split(train, val, fraction, seed):
+    if val:
+        return train, val, None
+    if len(train) == 1:
+        return (
+            train,
+            train,
+            (
+                "one image only: it is used for training and validation, "
+                "so the validation score is optimistic"
+            ),
+        )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train))
+    n_val = max(1, int(round(fraction * len(train))))
+    return ([train[i] for i in order[n_val:]], [train[i] for i in order[:n_val]], None)

@@ -1,0 +1,195 @@
+"""Fine-tuning and training from the user's annotations (CLI and core)."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import disc_image
+from napari_instseg import load_model, segment_instances, segment_semantic
+from napari_instseg.cli import main
+from napari_instseg.core import finetune
+from napari_instseg.core.models import checkpoint
+
+
+@pytest.fixture
+def annotated_folders(tmp_path):
+    rng = np.random.default_rng(0)
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(4):
+        centres = [tuple(rng.integers(10, 54, 2)) for _ in range(5)]
+        image, labels = disc_image((64, 64), centres, 5)
+        tifffile.imwrite(images / f"s{i}.tif", (image * 200 + 10).astype(np.uint8))
+        tifffile.imwrite(masks / f"s{i}_labels.tif", labels.astype(np.uint16))
+    return images, masks
+
+
+def test_cli_fine_tunes_a_unet_and_the_result_predicts(
+    annotated_folders, tiny_unet_path, tmp_path, capsys
+):
+    images, masks = annotated_folders
+    out = tmp_path / "mine.safetensors"
+    code = main(
+        [
+            "train",
+            "--model",
+            str(tiny_unet_path),
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--epochs",
+            "4",
+            "-o",
+            str(out),
+            "-q",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert code == 0
+    loaded = load_model(out, "cpu")
+    assert loaded.info.name == "mine" and loaded.info.training["base_model"]
+    assert len(loaded.info.training["val_images"]) == 1
+    assert segment_semantic(np.random.rand(40, 40), out).classes.shape == (40, 40)
+    assert "saved" in capsys.readouterr().out
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]
+    assert header.startswith("iteration,loss")
+
+
+def test_cli_trains_a_new_multiclass_maskrcnn(annotated_folders, tmp_path):
+    images, masks = annotated_folders
+    for i in range(4):  # label 1 is "round", the rest "other"
+        labels = tifffile.imread(masks / f"s{i}_labels.tif")
+        rows = ["label_id,class_name"] + [
+            f"{k},{'round' if k == 1 else 'other'}" for k in np.unique(labels)[1:]
+        ]
+        (masks / f"s{i}_classes.csv").write_text("\n".join(rows))
+    out = tmp_path / "det.safetensors"
+    code = main(
+        [
+            "train",
+            "--arch",
+            "maskrcnn",
+            "--classes",
+            "round,other",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--epochs",
+            "1",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
+    assert code == 0
+    model = load_model(out, "cpu")
+    assert model.info.class_names == ["background", "round", "other"]
+    result = segment_instances(np.random.rand(64, 64), model, score_threshold=0.0)
+    assert result.labels.shape == (64, 64)
+
+
+def test_unknown_class_in_csv_is_a_clear_error(annotated_folders, tmp_path, capsys):
+    images, masks = annotated_folders
+    (masks / "s0_classes.csv").write_text("label_id,class_name\n1,banana\n")
+    code = main(
+        [
+            "train",
+            "--arch",
+            "maskrcnn",
+            "--classes",
+            "round",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--epochs",
+            "1",
+            "-o",
+            str(tmp_path / "x.safetensors"),
+        ]
+    )
+    assert code == 1
+    assert "banana" in capsys.readouterr().err
+
+
+def test_semantic_training_on_class_maps_with_ignore_value(tmp_path):
+    images, masks = tmp_path / "i", tmp_path / "m"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(3):
+        image, labels = disc_image((48, 48), [(15, 15), (32, 32)], 6)
+        classes = np.where(labels == 1, 1, np.where(labels == 2, 2, 0)).astype(np.uint8)
+        classes[:4] = 255  # not annotated
+        tifffile.imwrite(images / f"c{i}.tif", (image * 255).astype(np.uint8))
+        tifffile.imwrite(masks / f"c{i}.tif", classes)
+    out = tmp_path / "sem.safetensors"
+    code = main(
+        [
+            "train",
+            "--arch",
+            "unet",
+            "--classes",
+            "left,right",
+            "--semantic",
+            "--ignore-value",
+            "255",
+            "--images",
+            str(images),
+            "--masks",
+            str(masks),
+            "--epochs",
+            "2",
+            "-o",
+            str(out),
+            "-q",
+        ]
+    )
+    assert code == 0
+    info = load_model(out, "cpu").info
+    assert info.class_names == ["background", "left", "right"]
+    assert "mean_iou" in info.training["validation"]
+
+
+def test_time_budget_stops_cleanly_and_keeps_the_best(annotated_folders, tiny_unet_path, tmp_path):
+    images, masks = annotated_folders
+    info = load_model(tiny_unet_path, "cpu").info
+    train = finetune.load_annotated_folder(images, masks, info)
+    job = finetune.prepare(
+        train, model=tiny_unet_path, max_minutes=0.05, device="cpu", run_dir=tmp_path / "run"
+    )
+    from napari_instseg.core.predict import drain
+
+    drain(job.trainer.run())
+    assert job.trainer.state.seconds < 30
+    assert (tmp_path / "run" / "best.safetensors").exists()
+    path = job.save(tmp_path / "best.safetensors")
+    assert checkpoint.read_metadata(path)["training"]["val_images"]
+
+
+def test_one_tiny_image_still_trains_with_a_warning(tiny_unet_path):
+    info = load_model(tiny_unet_path, "cpu").info
+    image, labels = disc_image((40, 40), [(20, 20)], 5)
+    sample = finetune.annotated("one", image, labels, info, annotated_region_only=True)
+    job = finetune.prepare([sample], model=tiny_unet_path, epochs=2, device="cpu")
+    assert any("one image" in w for w in job.warnings)
+    assert any("annotated objects" in w for w in job.warnings)
+    from napari_instseg.core.predict import drain
+
+    assert drain(job.trainer.run()).iteration >= 1
+
+
+def test_fine_tuning_does_not_modify_the_base_model(tiny_unet_path, annotated_folders):
+    images, masks = annotated_folders
+    base = load_model(tiny_unet_path, "cpu")
+    before = {k: v.clone() for k, v in base.module.state_dict().items()}
+    train = finetune.load_annotated_folder(images, masks, base.info)
+    job = finetune.prepare(train, model=base, epochs=2, device="cpu")
+    from napari_instseg.core.predict import drain
+
+    drain(job.trainer.run())
+    after = base.module.state_dict()
+    assert all((before[k] == after[k]).all() for k in before)

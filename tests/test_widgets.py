@@ -262,3 +262,24 @@ def test_train_widget_cancel_saves_nothing(make_napari_viewer, qtbot, tiny_unet_
         pass
     assert not (tmp_path / "never.safetensors").exists()
     assert widget.status.value.startswith("Cancelled")
+
+
+def test_source_layer_removed_during_a_run(make_napari_viewer, qtbot, tiny_unet_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.rand(300, 300), name="gone", scale=(2, 2))
+    widget = _semantic_widget(viewer, tiny_unet_path)
+    widget.tile_size.value = 64
+    worker = widget.run(blocking=False)
+    removed = []
+
+    def remove(step):
+        if not removed:
+            removed.append(True)
+            viewer.layers.remove("gone")
+
+    worker.yielded.connect(remove)
+    with qtbot.waitSignal(worker.finished, timeout=60000):
+        pass
+    assert "gone instances (tiny-unet)" in viewer.layers
+    assert tuple(viewer.layers["gone instances (tiny-unet)"].scale) == (2, 2)
+    assert "removed" in widget.status.value

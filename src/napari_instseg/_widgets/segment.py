@@ -294,7 +294,8 @@ class _SegmentationWidget(Container):
             tuples.insert(0, _layers.classes_layer(result, name, geometry, model))
         layers = [self._put_layer(t) for t in tuples]
         link_boxes_and_labels(layers[-2], layers[-1])
-        self._set_status(f"{len(instances)} objects found.")
+        note = "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
+        self._set_status(f"{len(instances)} objects found{note}.")
         return layers
 
     def _put_layer(self, layer_tuple):

@@ -335,13 +335,20 @@ def iter_segment_semantic(
             if return_probabilities is not None
             else spatial[0] * spatial[1] * len(indices) <= _MAX_PROBABILITY_PIXELS
         )
-        gen = _semantic_slice(work_reader, loaded, lows, highs, tile_size, overlap, keep, interior)
+
+        def run_slice(tile, overlap, reader=work_reader, keep=keep, lows=lows, highs=highs):
+            return _semantic_slice(reader, loaded, lows, highs, tile, overlap, keep, interior)
+
+        gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
         while True:
             try:
-                next(gen)
+                extra = next(gen)
             except StopIteration as stop:
                 classes, interior_probability, probs = stop.value
                 break
+            if isinstance(extra, _Retry):  # restarted with smaller tiles
+                total += extra
+                continue
             done += 1
             yield Progress(done, total, "predicting tiles")
         if rescale != 1.0:
@@ -571,13 +578,20 @@ def iter_segment_instances(
         spatial = reader.shape
         work_reader, lows, highs = _prepare_slice(reader, loaded, rescale)
         total = total or len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices)
-        gen = _instance_slice(work_reader, loaded, lows, highs, tile_size, overlap, score_threshold)
+
+        def run_slice(tile, overlap, reader=work_reader, lows=lows, highs=highs):
+            return _instance_slice(reader, loaded, lows, highs, tile, overlap, score_threshold)
+
+        gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
         while True:
             try:
-                next(gen)
+                extra = next(gen)
             except StopIteration as stop:
                 result = stop.value
                 break
+            if isinstance(extra, _Retry):
+                total += extra
+                continue
             done += 1
             yield Progress(done, total, "detecting in tiles")
         if rescale != 1.0:
@@ -593,6 +607,64 @@ def iter_segment_instances(
             )
         results.append(result)
     return _stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
+
+
+# --- out-of-memory handling -------------------------------------------------------------
+
+MIN_TILE_SIZE = 128
+
+
+class _Retry(int):
+    """Yielded by ``_with_memory_fallback`` when it restarts a slice: the
+    change in the number of tile steps announced for it."""
+
+
+def _with_memory_fallback(run_slice, loaded: LoadedModel, tile_size: int, overlap: int, shape):
+    """Run one slice; on out-of-memory retry with half-size tiles, and when
+    even the smallest tiles do not fit on the GPU, continue on the CPU.
+
+    Yields None per tile, or a ``_Retry`` when it restarts the slice, and
+    returns the slice's result.
+    """
+    import warnings
+
+    original = tile_size
+    announced = len(tile_grid(*shape, tile_size, overlap))
+    while True:
+        done = 0
+        try:
+            generator = run_slice(tile_size, overlap)
+            while True:
+                try:
+                    next(generator)
+                except StopIteration as stop:
+                    return stop.value
+                done += 1
+                yield None
+        except torch.OutOfMemoryError:
+            if loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if tile_size > MIN_TILE_SIZE:
+                tile_size = max(MIN_TILE_SIZE, tile_size // 2)
+                overlap = min(overlap, tile_size // 4)
+                warnings.warn(f"out of memory: retrying with {tile_size} px tiles", stacklevel=2)
+            elif loaded.device.type != "cpu":
+                warnings.warn(
+                    "out of GPU memory even with small tiles: continuing on the CPU",
+                    stacklevel=2,
+                )
+                loaded.module.to("cpu")
+                loaded.device = torch.device("cpu")
+                tile_size = original
+            else:
+                raise MemoryError(
+                    "not enough memory even with the smallest tiles; close other programs "
+                    "or use a smaller image"
+                ) from None
+            # the tiles already done stay counted; the rest are replaced by the new grid
+            new = len(tile_grid(*shape, tile_size, overlap))
+            yield _Retry(new - (announced - done))
+            announced = new
 
 
 # --- draining wrappers (the public API) -------------------------------------------------

@@ -23,6 +23,7 @@ import tifffile
 import torch
 
 from napari_instseg.core.data import AnnotatedImage
+from napari_instseg.core.finetune import NEW_MODEL_CONFIGS
 from napari_instseg.core.models import checkpoint
 from napari_instseg.core.models.registry import (
     LoadedModel,
@@ -34,29 +35,12 @@ from napari_instseg.core.models.registry import (
 from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
-UNET_CONFIG = {
-    "in_channels": 3,
-    "num_classes": 3,
-    "widths": [16, 32, 64, 128, 256],
-    "norm": "batch",
-}
 NORMALIZATION = {"low": 1.0, "high": 99.8}
-# Lean heads (box 256-d, mask 128 channels, fewer RPN proposals in training):
-# about half the time per iteration of torchvision's defaults on the CPU.
-MASKRCNN_CONFIG = {
-    "num_classes": 2,
-    "backbone": "resnet18",
-    "norm": "batch",
-    "anchor_sizes": [8, 16, 32, 64, 128],
-    "detections_per_image": 500,
-    "box_head_size": 256,
-    "mask_head_channels": 128,
-    "box_batch_size_per_image": 128,
-    "rpn_pre_nms_top_n_train": 1000,
-    "rpn_post_nms_top_n_train": 500,
-    "rpn_pre_nms_top_n_test": 1000,
-    "rpn_post_nms_top_n_test": 500,
-}
+# The same architectures as new models trained with the `train` command. The
+# Mask R-CNN has lean heads (box 256-d, mask 128 channels, fewer RPN proposals
+# in training): about half the time per iteration of torchvision's defaults.
+UNET_CONFIG = {**NEW_MODEL_CONFIGS["unet"], "num_classes": 3}
+MASKRCNN_CONFIG = {**NEW_MODEL_CONFIGS["maskrcnn"], "num_classes": 2}
 DEFAULTS = {  # per model: iterations, batch size, learning rate, warm-up
     "unet": {"iterations": 3000, "batch_size": 8, "learning_rate": 2e-3, "warmup": 200},
     "maskrcnn": {"iterations": 6000, "batch_size": 4, "learning_rate": 1e-3, "warmup": 300},

@@ -101,12 +101,22 @@ class _SegmentationWidget(Container):
         return {}
 
     def _default_model(self) -> str | None:
-        choices = [c for c in self._model_choices(None) if c != LOAD_CHECKPOINT]
+        """The bundled model when its weights are installed, else the first
+        model of this task that can run."""
+        models = _registry().models_for_task(self.task)
+        ready = [name for name, available in models if available]
         preferred = _DEFAULT_MODEL[self.task]
-        return preferred if preferred in choices else (choices[0] if choices else None)
+        if preferred in ready:
+            return preferred
+        return ready[0] if ready else (models[0][0] if models else None)
 
-    def _model_choices(self, _widget) -> list[str]:
-        return [*_registry().list_models(), LOAD_CHECKPOINT]
+    def _model_choices(self, _widget) -> list:
+        """Models of this widget's task; those without weights say so."""
+        choices = [
+            (name if available else f"{name} (weights not installed)", name)
+            for name, available in _registry().models_for_task(self.task)
+        ]
+        return [*choices, (LOAD_CHECKPOINT, LOAD_CHECKPOINT)]
 
     def _image_layers(self, _widget) -> list:
         from napari.layers import Image

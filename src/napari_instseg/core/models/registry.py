@@ -105,6 +105,13 @@ class RegisteredModel:
     description: str
     weights: Callable[[], tuple[dict, dict]]  # -> (state_dict, metadata)
     available: Callable[[], bool]
+    architecture: str | None = None  # "unet" / "maskrcnn", when known without loading
+
+    @property
+    def task(self) -> str | None:
+        if self.architecture is None:
+            return None
+        return SEMANTIC if self.architecture == "unet" else INSTANCE
 
 
 _REGISTRY: dict[str, RegisteredModel] = {}
@@ -144,6 +151,7 @@ def register_checkpoint(path: str | os.PathLike, name: str | None = None) -> str
             description=metadata.get("description") or f"checkpoint {path}",
             weights=lambda: checkpoint.load_checkpoint(path),
             available=path.exists,
+            architecture=metadata.get("architecture"),
         )
     )
     return name
@@ -195,6 +203,13 @@ def register_remembered_checkpoints() -> None:
 def list_models() -> dict[str, str]:
     """Registered model names with a one-line description each."""
     return {name: entry.description for name, entry in _REGISTRY.items()}
+
+
+def models_for_task(task: str) -> list[tuple[str, bool]]:
+    """(name, weights available) of the registered models for ``task``
+    ("semantic" or "instance"), available ones first."""
+    entries = [(n, e.available()) for n, e in _REGISTRY.items() if e.task in (task, None)]
+    return sorted(entries, key=lambda entry: not entry[1])
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -293,6 +308,7 @@ for _name, _description in _BUNDLED.items():
             _description,
             _bundled_loader(_name),
             lambda n=_name: bundled_weights_path(n).exists(),
+            _name.rsplit("-", 1)[1],
         )
     )
 
@@ -316,5 +332,6 @@ register_model(
         "weights downloaded by torchvision on first use",
         _coco_weights,
         _coco_available,
+        "maskrcnn",
     )
 )

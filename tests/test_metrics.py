@@ -56,3 +56,33 @@ def test_iou_matrix_of_identical_labels_is_identity():
 def test_empty_images_score_perfectly():
     empty = np.zeros((10, 10), np.int32)
     assert match_counts(empty, empty, [0.5]).summary()["ap"] == [1.0]
+
+
+@pytest.mark.parametrize("key", ["nuclei", "nuclei-histology"])
+def test_ap_agrees_with_reference_on_real_annotations(key):
+    from scipy import ndimage
+
+    from napari_instseg._sample_data import load_sample
+
+    _, truth = load_sample(key, with_labels=True)
+    truth = truth.astype(np.int32)
+    rng = np.random.default_rng(1)
+    # a plausible prediction: objects eroded or dilated, some missed, some shifted,
+    # and a spurious one
+    pred = np.zeros_like(truth)
+    for label_id in np.unique(truth)[1:]:
+        mask = truth == label_id
+        choice = rng.integers(5)
+        if choice == 0:
+            continue
+        if choice == 1:
+            mask = ndimage.binary_erosion(mask, iterations=2)
+        elif choice == 2:
+            mask = ndimage.binary_dilation(mask, iterations=2)
+        elif choice == 3:
+            mask = np.roll(mask, 3, axis=1)
+        pred[mask & (pred == 0)] = label_id + 1000
+    pred[:6, :6] = 5000
+    for tau in (0.5, 0.7, 0.9):
+        ap = match_counts(truth, pred, [tau]).summary()["ap"][0]
+        assert ap == pytest.approx(reference_ap(truth, pred, tau))

@@ -304,3 +304,14 @@ def test_source_layer_removed_during_a_run(make_napari_viewer, qtbot, tiny_unet_
     assert "gone instances (tiny-unet)" in viewer.layers
     assert tuple(viewer.layers["gone instances (tiny-unet)"].scale) == (2, 2)
     assert "removed" in widget.status.value
+
+
+def test_painting_on_a_result_protects_it(make_napari_viewer, tiny_unet_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.rand(64, 64), name="img")
+    widget = _semantic_widget(viewer, tiny_unet_path)
+    _, labels, boxes = widget.run(blocking=True)
+    labels.paint((10, 10), 42)  # the brush tool's code path
+    _, labels_again, boxes_again = widget.run(blocking=True)
+    assert labels_again is not labels and labels.data[10, 10] == 42
+    assert boxes_again is boxes  # the untouched boxes layer is simply updated

@@ -54,7 +54,7 @@ class _SegmentationWidget(Container):
         self.viewer = napari_viewer
         self._worker = None
         self._activity = None  # napari progress shown while a worker runs
-        self._written: dict[str, tuple[object, int]] = {}  # layer name -> (layer, fingerprint)
+        self._written: dict[str, _WrittenLayer] = {}  # result layers this widget made
         _registry().register_remembered_checkpoints()
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.model = ComboBox(label="Model", choices=self._model_choices)
@@ -312,22 +312,53 @@ class _SegmentationWidget(Container):
         data, kwargs, kind = layer_tuple
         name = kwargs["name"]
         previous = self._written.get(name)
-        if previous is not None:
-            layer, fingerprint = previous
-            untouched = (
-                layer in self.viewer.layers
-                and layer.name == name
-                and _fingerprint(layer.data) == fingerprint
-            )
-            if untouched:  # update in place: keeps its position and display settings
-                _update_layer(layer, data, kwargs)
-                self._written[name] = (layer, _fingerprint(layer.data))
+        if previous is not None and not previous.edited:
+            layer = previous.layer
+            if layer in self.viewer.layers and layer.name == name:
+                # untouched since we wrote it: update in place (keeps its
+                # position in the layer list and the user's display settings)
+                with previous.writing():
+                    _update_layer(layer, data, kwargs)
                 return layer
         if name in self.viewer.layers:  # edited by the user, or not ours: keep it
             kwargs = {**kwargs, "name": f"{name} [new]"}
         layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        self._written[name] = (layer, _fingerprint(layer.data))
+        self._written[name] = _WrittenLayer(layer)
         return layer
+
+
+class _WrittenLayer:
+    """A result layer and whether the user changed it since we wrote it.
+
+    Watching napari's events (painting, filling, erasing, new data, renaming,
+    moving shapes) costs nothing, unlike comparing large arrays.
+    """
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.edited = False
+        self._ours = False
+        for name in ("paint", "data", "set_data", "name"):
+            emitter = getattr(layer.events, name, None)
+            if emitter is not None:
+                emitter.connect(self._on_change)
+
+    def _on_change(self, event=None):
+        if not self._ours:
+            self.edited = True
+
+    def writing(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ours():
+            self._ours = True
+            try:
+                yield
+            finally:
+                self._ours = False
+
+        return ours()
 
 
 def _update_layer(layer, data, kwargs) -> None:
@@ -377,12 +408,6 @@ def link_boxes_and_labels(labels, boxes) -> None:
 
 class _UserError(Exception):
     pass
-
-
-def _fingerprint(data) -> int:
-    if isinstance(data, list):
-        return hash(tuple(np.asarray(d).tobytes() for d in data))
-    return hash(np.asarray(data).tobytes())
 
 
 def _message(err: BaseException) -> str:

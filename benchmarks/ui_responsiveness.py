@@ -59,10 +59,12 @@ def main(argv=None) -> int:
     model = args.model
     if model is None and bundled_weights_path("nuclei-maskrcnn").exists():
         model = "nuclei-maskrcnn"
-    if model is None:
-        model = widget.load_checkpoint(random_maskrcnn_checkpoint(Path(tempfile.mkdtemp())))
-    else:
-        widget.model.value = model
+    if model is None:  # registered for this process only, not remembered
+        from napari_instseg.core.models.registry import register_checkpoint
+
+        model = register_checkpoint(random_maskrcnn_checkpoint(Path(tempfile.mkdtemp())))
+    widget.model.reset_choices()
+    widget.model.value = model
     widget.score_threshold.value = 0.0 if model == "random-maskrcnn" else 0.5
 
     ticks: list[float] = []

@@ -123,3 +123,19 @@ def test_evaluate_prints_table_and_json(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["ap"][0] == pytest.approx(0.5) and data["n_true"] == 2 and data["n_pred"] == 1
     assert "0.50" in capsys.readouterr().out
+
+
+@pytest.mark.gui
+def test_demo_saves_a_screenshot_of_the_window(tmp_path, qapp):
+    # qapp: pytest-qt's fixture, so pytest-xvfb's display is set for the child
+    exe = shutil.which("napari-instseg", path=str(Path(sys.executable).parent))
+    shot = tmp_path / "demo.png"
+    proc = subprocess.run(
+        [exe, "demo", "--screenshot", str(shot)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.stat().st_size > 10_000
+    from skimage import io
+
+    height, width = io.imread(shot).shape[:2]
+    assert width >= 1200 and height >= 700

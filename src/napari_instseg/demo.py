@@ -22,6 +22,7 @@ def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
     import napari
 
     viewer = napari.Viewer(title="napari-instseg demo")
+    viewer.window.resize(1500, 900)
     viewer.open_sample("napari-instseg", "nuclei")
     _, instance = viewer.window.add_plugin_dock_widget(
         "napari-instseg", "Instance segmentation (Mask R-CNN)"
@@ -41,9 +42,14 @@ def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
     else:
         widget.run(blocking=True)
         print(f"segmented the nuclei sample with {choice[1]}: {widget.status.value}")
-    if screenshot:
-        from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication
 
+    QApplication.processEvents()
+    viewer.reset_view()  # fit the image into the canvas left beside the docks
+    for layer in viewer.layers:
+        if "classes" in layer.name:
+            layer.visible = False  # instances and boxes are what the demo shows
+    if screenshot:
         QApplication.processEvents()
         viewer.screenshot(screenshot, canvas_only=False)
         print(f"screenshot saved to {screenshot}")

@@ -72,35 +72,45 @@ def main(argv=None) -> int:
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     app = QApplication.instance()
-    timer.start()
-    start = time.perf_counter()
-    worker = widget.run(blocking=False)
-    computed = {}
-    worker.returned.connect(lambda _: computed.setdefault("t", time.perf_counter()))
-    done = []
-    worker.finished.connect(lambda: done.append(time.perf_counter()))
-    while not done:
-        app.processEvents()
-        time.sleep(0.001)
-    for _ in range(50):  # let the canvas draw the new layers
-        app.processEvents()
-        time.sleep(0.002)
-    timer.stop()
-    end = time.perf_counter()
+    adding: list[float] = []
+    add_result = widget._add_result
+
+    def timed_add_result(*args, **kwargs):
+        adding.append(time.perf_counter())
+        return add_result(*args, **kwargs)
+
+    widget._add_result = timed_add_result
 
     def longest_gap(t0, t1):
-        inside = [t for t in ticks if t0 <= t <= t1]
-        inside = [t0, *inside, t1]
+        inside = [t0, *[t for t in ticks if t0 <= t <= t1], t1]
         return max(b - a for a, b in zip(inside, inside[1:]))
 
-    returned = computed.get("t", done[0])
     print(f"machine: {machine_description()}")
-    print(f"model {model}, nuclei sample 520x696, {widget.status.value}")
-    print(f"total {end - start:.2f} s; worker computing {returned - start:.2f} s")
-    print(
-        f"longest main-thread stall while computing: {longest_gap(start, returned) * 1000:.0f} ms"
-    )
-    print(f"longest main-thread stall adding layers:   {longest_gap(returned, end) * 1000:.0f} ms")
+    timer.start()
+    for run in ("first run (imports, model load)", "second run"):
+        adding.clear()
+        start = time.perf_counter()
+        worker = widget.run(blocking=False)
+        done: list[float] = []
+        worker.finished.connect(lambda done=done: done.append(time.perf_counter()))
+        while not done:
+            app.processEvents()
+            time.sleep(0.001)
+        for _ in range(50):  # let the canvas draw the new layers
+            app.processEvents()
+            time.sleep(0.002)
+        end = time.perf_counter()
+        added = adding[0] if adding else done[0]
+        print(f"{run}: model {model}, nuclei sample 520x696, {widget.status.value}")
+        print(f"  worker computing {added - start:.2f} s, total {end - start:.2f} s")
+        print(
+            f"  longest main-thread stall while computing: "
+            f"{longest_gap(start, added) * 1000:.0f} ms"
+        )
+        print(
+            f"  longest main-thread stall adding layers:   {longest_gap(added, end) * 1000:.0f} ms"
+        )
+    timer.stop()
     viewer.close()
     return 0
 

@@ -300,7 +300,11 @@ class Trainer:
             lr = learning_rate_at(config, it, (time.monotonic() - started) / budget)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = self.loss(inputs, targets)
+            # mixed precision on GPUs (bfloat16 needs no loss scaling)
+            with torch.autocast(
+                "cuda", dtype=torch.bfloat16, enabled=self.loaded.device.type == "cuda"
+            ):
+                loss = self.loss(inputs, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)

@@ -15,10 +15,14 @@ from .types import InputError
 _MAX_SAMPLES_PER_AXIS = 1024
 
 
+def statistics_strides(height: int, width: int) -> tuple[int, int]:
+    """Row and column steps that sample at most ~1024 x 1024 pixels of a slice."""
+    return max(1, height // _MAX_SAMPLES_PER_AXIS), max(1, width // _MAX_SAMPLES_PER_AXIS)
+
+
 def sample_for_statistics(image: np.ndarray) -> np.ndarray:
     """A strided view of a (Y, X, C) slice small enough to hold in memory."""
-    step_y = max(1, image.shape[0] // _MAX_SAMPLES_PER_AXIS)
-    step_x = max(1, image.shape[1] // _MAX_SAMPLES_PER_AXIS)
+    step_y, step_x = statistics_strides(*image.shape[:2])
     return np.asarray(image[::step_y, ::step_x])
 
 

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .models.registry import INSTANCE, SEMANTIC, LoadedModel, load_model
-from .normalize import apply_range, as_model_channels, percentile_range
+from .normalize import apply_range, as_model_channels, percentile_range, statistics_strides
 from .postprocess import (
     instance_result_from_labels,
     instances_from_classes,
@@ -96,10 +96,8 @@ class SliceReader:
         return self.read(slice(None), slice(None))
 
     def strided(self) -> np.ndarray:
-        from .normalize import _MAX_SAMPLES_PER_AXIS
-
-        sy = max(1, self.height // _MAX_SAMPLES_PER_AXIS)
-        sx = max(1, self.width // _MAX_SAMPLES_PER_AXIS)
+        """A subsample for intensity statistics, read without loading the slice."""
+        sy, sx = statistics_strides(self.height, self.width)
         return self.read(slice(None, None, sy), slice(None, None, sx))
 
 
@@ -183,6 +181,19 @@ def _to_tensor(tiles: list[np.ndarray], device: torch.device, divisor: int) -> t
     return batch.to(device).contiguous(memory_format=torch.channels_last)
 
 
+def _tile_batches(reader: SliceReader, tiles: list[Tile], loaded: LoadedModel, lows, highs):
+    """(tiles, normalised arrays) in batches for the device, each of one shape
+    (edge tiles of a small image can differ)."""
+    size = _batch_size(loaded.device)
+    for i in range(0, len(tiles), size):
+        by_shape: dict[tuple, list] = {}
+        for tile in tiles[i : i + size]:
+            array = _read_tile(reader, tile, loaded, lows, highs)
+            by_shape.setdefault(array.shape, []).append((tile, array))
+        for group in by_shape.values():
+            yield [t for t, _ in group], [a for _, a in group]
+
+
 def _autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
@@ -255,24 +266,16 @@ def _semantic_slice(
         if grow > 0:
             band_acc = np.concatenate([band_acc, np.zeros((n_classes, grow, width), np.float32)], 1)
             band_weight = np.concatenate([band_weight, np.zeros((grow, width), np.float32)], 0)
-        for i in range(0, len(row_tiles), _batch_size(device)):
-            batch_tiles = row_tiles[i : i + _batch_size(device)]
-            arrays = [_read_tile(reader, t, loaded, lows, highs) for t in batch_tiles]
-            shapes = {a.shape for a in arrays}
-            groups = (
-                [[j] for j in range(len(arrays))] if len(shapes) > 1 else [list(range(len(arrays)))]
-            )
-            for group in groups:
-                x = _to_tensor([arrays[j] for j in group], device, divisor)
-                with torch.inference_mode(), _autocast(device):
-                    probs = torch.softmax(module(x).float(), dim=1).cpu().numpy()
-                for k, j in enumerate(group):
-                    t = batch_tiles[j]
-                    th, tw = t.y1 - t.y0, t.x1 - t.x0
-                    weight = np.outer(blend_window(th, ramp), blend_window(tw, ramp))
-                    sl = (slice(t.y0 - band_start, t.y1 - band_start), slice(t.x0, t.x1))
-                    band_acc[(slice(None), *sl)] += probs[k, :, :th, :tw] * weight
-                    band_weight[sl] += weight
+        for batch_tiles, arrays in _tile_batches(reader, row_tiles, loaded, lows, highs):
+            x = _to_tensor(arrays, device, divisor)
+            with torch.inference_mode(), _autocast(device):
+                probs = torch.softmax(module(x).float(), dim=1).cpu().numpy()
+            for k, t in enumerate(batch_tiles):
+                th, tw = t.y1 - t.y0, t.x1 - t.x0
+                weight = np.outer(blend_window(th, ramp), blend_window(tw, ramp))
+                sl = (slice(t.y0 - band_start, t.y1 - band_start), slice(t.x0, t.x1))
+                band_acc[(slice(None), *sl)] += probs[k, :, :th, :tw] * weight
+                band_weight[sl] += weight
                 yield
         # rows before the next tile row are final
         final_end = row_starts[r + 1] if r + 1 < len(row_starts) - 1 else height
@@ -487,33 +490,22 @@ def _instance_slice(
     height, width = reader.shape
     tiles = tile_grid(height, width, tile_size, overlap)
     boxes, scores, classes, masks = [], [], [], []
-    for i in range(0, len(tiles), _batch_size(device)):
-        batch_tiles = tiles[i : i + _batch_size(device)]
-        arrays = [_read_tile(reader, t, loaded, lows, highs) for t in batch_tiles]
-        shapes = {a.shape for a in arrays}
-        groups = (
-            [[j] for j in range(len(arrays))] if len(shapes) > 1 else [list(range(len(arrays)))]
-        )
-        for group in groups:
-            x = _to_tensor([arrays[j] for j in group], device, 1)
-            sizes = [arrays[j].shape[:2] for j in group]
-            with torch.inference_mode(), _autocast(device):
-                detections = _detect(module, x, sizes)
-            for det, j in zip(detections, group):
-                t = batch_tiles[j]
-                keep = det["scores"].float().cpu().numpy() >= score_threshold
-                b = det["boxes"].float().cpu().numpy()[keep] + np.array([t.x0, t.y0, t.x0, t.y0])
-                cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
-                # keep each object only from the tile that owns its centre, where it
-                # is most interior; seams are mid-overlap, so it is seen whole there
-                owned = (
-                    (cy >= t.own_y[0]) & (cy < t.own_y[1]) & (cx >= t.own_x[0]) & (cx < t.own_x[1])
-                )
-                boxes.append(b[owned])
-                scores.append(det["scores"].float().cpu().numpy()[keep][owned])
-                classes.append(det["labels"].cpu().numpy()[keep][owned])
-                masks.append(det["masks"].float().cpu().numpy()[keep][owned][:, 0])
-        for _ in batch_tiles:
+    for batch_tiles, arrays in _tile_batches(reader, tiles, loaded, lows, highs):
+        x = _to_tensor(arrays, device, 1)
+        with torch.inference_mode(), _autocast(device):
+            detections = _detect(module, x, [a.shape[:2] for a in arrays])
+        for det, t in zip(detections, batch_tiles):
+            scores_all = det["scores"].float().cpu().numpy()
+            keep = scores_all >= score_threshold
+            b = det["boxes"].float().cpu().numpy()[keep] + np.array([t.x0, t.y0, t.x0, t.y0])
+            cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
+            # keep each object only from the tile that owns its centre, where it
+            # is most interior; seams are mid-overlap, so it is seen whole there
+            owned = (cy >= t.own_y[0]) & (cy < t.own_y[1]) & (cx >= t.own_x[0]) & (cx < t.own_x[1])
+            boxes.append(b[owned])
+            scores.append(scores_all[keep][owned])
+            classes.append(det["labels"].cpu().numpy()[keep][owned])
+            masks.append(det["masks"].float().cpu().numpy()[keep][owned][:, 0])
             yield
     return _paint_instances(
         (height, width),

@@ -119,3 +119,22 @@ def test_coco_model_offline_says_where_to_put_the_weights(tmp_path, monkeypatch)
     message = str(info.value)
     assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in message
     assert str(coco.coco_weights_file()) in message
+
+
+def test_coco_model_loads_from_torch_hub_cache(tmp_path, monkeypatch):
+    """With torchvision's file in the hub cache (as after a download), the
+    COCO model loads through the registry and segments; it is read with
+    weights_only=True."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    from napari_instseg import segment_instances
+    from napari_instseg.core.models import coco
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = coco.coco_weights_file()
+    path.parent.mkdir(parents=True)
+    torch.save(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(), path)
+    model = load_model("coco-maskrcnn", "cpu")
+    assert model.info.class_names[1] == "person" and len(model.info.class_names) == 91
+    result = segment_instances(np.random.rand(64, 64, 3), model, score_threshold=0.0)
+    assert result.labels.shape == (64, 64)

@@ -239,3 +239,13 @@ def test_cuda_matches_cpu(tiny_unet_path):
     cpu = segment_semantic(image, tiny_unet_path, device="cpu", tile_size=128)
     gpu = segment_semantic(image, tiny_unet_path, device="cuda", tile_size=128)
     assert (cpu.classes == gpu.classes).mean() > 0.99
+
+
+def test_zarr_input_matches_numpy(oracle_unet):
+    zarr = pytest.importorskip("zarr")
+    image, _ = disc_image((200, 230), [(60, 60), (150, 170)], 12)
+    stored = zarr.create_array(store={}, shape=image.shape, chunks=(64, 64), dtype=image.dtype)
+    stored[:] = image
+    lazy = segment_semantic(stored, oracle_unet, tile_size=64, overlap=16)
+    eager = segment_semantic(image, oracle_unet, tile_size=64, overlap=16)
+    np.testing.assert_array_equal(lazy.instances.labels, eager.instances.labels)

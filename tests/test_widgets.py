@@ -315,3 +315,12 @@ def test_painting_on_a_result_protects_it(make_napari_viewer, tiny_unet_path):
     _, labels_again, boxes_again = widget.run(blocking=True)
     assert labels_again is not labels and labels.data[10, 10] == 42
     assert boxes_again is boxes  # the untouched boxes layer is simply updated
+
+
+def test_loading_a_checkpoint_of_the_other_task_explains(make_napari_viewer, tiny_unet_path):
+    from napari_instseg._widgets.segment import InstanceSegmentationWidget
+
+    viewer = make_napari_viewer()
+    widget = InstanceSegmentationWidget(viewer)
+    assert widget.load_checkpoint(tiny_unet_path) is None
+    assert "Semantic segmentation widget" in widget.status.value

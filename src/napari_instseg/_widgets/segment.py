@@ -14,6 +14,7 @@ changes no layer.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -157,6 +158,13 @@ class _SegmentationWidget(Container):
         from ..core.types import ModelError
 
         try:
+            metadata = _registry().checkpoint.read_metadata(path)
+            if _ARCHITECTURE[self.task] != metadata.get("architecture"):
+                other = "Instance" if self.task == "semantic" else "Semantic"
+                raise ModelError(
+                    f"{Path(path).name} is a {metadata.get('architecture')} model; open it in "
+                    f"the {other} segmentation widget"
+                )
             name = _registry().remember_checkpoint(path)
         except ModelError as err:
             self._show_error(str(err))

@@ -139,3 +139,34 @@ def test_demo_saves_a_screenshot_of_the_window(tmp_path, qapp):
 
     height, width = io.imread(shot).shape[:2]
     assert width >= 1200 and height >= 700
+
+
+def test_inputs_with_the_same_name_do_not_overwrite_each_other(tmp_path, tiny_unet_path, capsys):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "x.tif", np.random.rand(20, 20).astype(np.float32))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "a"),
+            str(tmp_path / "b"),
+            "--model",
+            str(tiny_unet_path),
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 1
+    assert "same name as" in capsys.readouterr().err
+    assert (out / "x_labels.tif").exists()
+
+
+@pytest.mark.parametrize("thresholds", ["0.5,abc", "0,0.5", "1.5"])
+def test_evaluate_rejects_bad_thresholds(tmp_path, thresholds, capsys):
+    labels = np.zeros((10, 10), np.uint16)
+    tifffile.imwrite(tmp_path / "gt.tif", labels)
+    code = main(
+        ["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"), "--thresholds", thresholds]
+    )
+    assert code == 1 and "--thresholds" in capsys.readouterr().err

@@ -193,3 +193,43 @@ def test_fine_tuning_does_not_modify_the_base_model(tiny_unet_path, annotated_fo
     drain(job.trainer.run())
     after = base.module.state_dict()
     assert all((before[k] == after[k]).all() for k in before)
+
+
+def test_high_validation_fraction_keeps_a_training_image(annotated_folders, tiny_unet_path):
+    images, masks = annotated_folders
+    info = load_model(tiny_unet_path, "cpu").info
+    train = finetune.load_annotated_folder(images, masks, info)
+    job = finetune.prepare(
+        train,
+        model=tiny_unet_path,
+        val_fraction=0.95,
+        epochs=1,
+        device="cpu",
+        measure_baseline=False,
+    )
+    assert len(job.trainer.train_samples) == 1 and len(job.trainer.val_samples) == 3
+
+
+def test_class_map_values_beyond_the_classes_are_refused(tiny_unet_path):
+    from napari_instseg.core.types import InputError
+
+    info = load_model(tiny_unet_path, "cpu").info  # 3 classes
+    with pytest.raises(InputError, match="class map values must be 0..2"):
+        finetune.annotated("x", np.zeros((20, 20)), np.full((20, 20), 7), info, semantic=True)
+
+
+def test_validation_ignores_objects_in_unannotated_pixels(oracle_unet):
+    from napari_instseg.core.data import AnnotatedImage
+    from napari_instseg.core.train import validate
+
+    image, labels = disc_image((64, 64), [(16, 16), (45, 45)], 6)
+    annotation = labels.copy()
+    annotation[35:, 35:] = 99  # the second object's area was not annotated
+    sample = AnnotatedImage.create(
+        "s",
+        np.repeat(image[..., None], 3, -1),
+        annotation,
+        {"low": 0.0, "high": 100.0},
+        ignore_value=99,
+    )
+    assert validate(oracle_unet, [sample])["ap50"] == 1.0

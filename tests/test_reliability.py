@@ -52,19 +52,32 @@ def test_out_of_memory_on_the_smallest_tiles_is_a_clear_error(oracle_unet):
             segment_semantic(np.random.rand(300, 300), oracle_unet, tile_size=256)
 
 
-def test_gpu_out_of_memory_falls_back_to_the_cpu(oracle_unet, monkeypatch):
-    oracle_unet.module = _RaisesOnLargeTiles(oracle_unet.module, 0)
-    # pretend the model sits on a GPU: after the fallback it must run on the CPU
-    oracle_unet.device = torch.device("meta")
-    original = oracle_unet.module
+class _GpuOnlyOutOfMemory(torch.nn.Module):
+    """Runs out of memory while "on the GPU"; works once moved to the CPU."""
 
-    def to_cpu(device):
-        original.limit = 10**9
-        return original
+    size_divisor = 1
 
-    monkeypatch.setattr(original, "to", to_cpu)
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.on_gpu = inner, True
+
+    def to(self, device):
+        self.on_gpu = str(device) != "cpu"
+        return self
+
+    def forward(self, x):
+        if self.on_gpu:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.inner(x)
+
+
+def test_gpu_out_of_memory_falls_back_to_a_cpu_copy(oracle_unet, monkeypatch):
     from napari_instseg.core import predict
 
+    image, _ = disc_image((200, 200), [(60, 60)], 10)
+    reference = segment_semantic(image, oracle_unet, tile_size=128)
+    oracle_unet.module = _GpuOnlyOutOfMemory(oracle_unet.module)
+    oracle_unet.device = torch.device("meta")  # stands in for a GPU here
     monkeypatch.setattr(
         predict,
         "_to_tensor",
@@ -73,8 +86,10 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(oracle_unet, monkeypatch):
         ),
     )
     with pytest.warns(UserWarning, match="continuing on the CPU"):
-        result = segment_semantic(np.random.rand(200, 200), oracle_unet, tile_size=128)
-    assert oracle_unet.device.type == "cpu" and result.classes.shape == (200, 200)
+        result = segment_semantic(image, oracle_unet, tile_size=128)
+    np.testing.assert_array_equal(result.classes, reference.classes)
+    # the caller's model is left where it was, for its next call or training step
+    assert oracle_unet.device.type == "meta" and oracle_unet.module.on_gpu
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 300), (300, 2), (3, 3)])

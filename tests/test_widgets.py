@@ -324,3 +324,29 @@ def test_loading_a_checkpoint_of_the_other_task_explains(make_napari_viewer, tin
     widget = InstanceSegmentationWidget(viewer)
     assert widget.load_checkpoint(tiny_unet_path) is None
     assert "Semantic segmentation widget" in widget.status.value
+
+
+def test_multichannel_layer_with_a_chosen_channel_axis(make_napari_viewer, tiny_unet_path):
+    viewer = make_napari_viewer()
+    image, _ = disc_image((64, 64), [(20, 20)], 6)
+    viewer.add_image(np.stack([image, image * 0.5, image * 0.2]), name="3ch", scale=(1, 0.5, 0.25))
+    widget = _semantic_widget(viewer, tiny_unet_path)
+    widget.channel_axis.value = "axis 0"
+    classes, labels, boxes = widget.run(blocking=True)
+    assert labels.data.shape == (64, 64)
+    np.testing.assert_allclose(labels.scale, (0.5, 0.25))
+
+
+def test_refreshing_or_hiding_a_result_does_not_count_as_an_edit(make_napari_viewer, make_widget):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.rand(3, 64, 64), name="stack")
+    widget = make_widget(viewer)
+    first = widget.run(blocking=True)
+    viewer.dims.set_point(0, 2)
+    for layer in first:
+        layer.visible = False
+        layer.refresh()
+        layer.visible = True
+    again = widget.run(blocking=True)
+    assert all(a is b for a, b in zip(first, again))
+    assert not any(layer.name.endswith("[new]") for layer in viewer.layers)

@@ -16,27 +16,35 @@ TAG = "napari_instseg"
 CLASS_COLORS = ["#ff8c00", "#00e5ff", "#ff3df5", "#7cff4f", "#ffe14d", "#ff4d4d", "#4d7cff"]
 
 
-def geometry_from(source_layer, stack_offset: tuple[int, ...] = ()) -> dict:
+def geometry_from(
+    source_layer, stack_offset: tuple[int, ...] = (), channel_axis: int | None = None
+) -> dict:
     """Transform kwargs placing a result exactly over ``source_layer``.
 
-    Results have the source's spatial and stack axes (an RGB layer's channel
-    axis is not part of its transforms), so the transforms copy over. A result
-    of one slice keeps its stack axes with length 1; ``stack_offset`` (the
-    slice index along the leading axes) moves it onto that slice.
+    Results have the source's stack and spatial axes. An RGB layer's colour
+    axis is not part of its transforms; a ``channel_axis`` of a non-RGB layer
+    is, and is dropped (with rotate/shear/affine, which cannot be split per
+    axis; they are identity for nearly all microscopy layers). A result of one
+    slice keeps its stack axes with length 1: ``stack_offset`` (the slice
+    index along the result's leading axes) moves it onto that slice.
     """
     if source_layer is None:
         return {}
-    translate = np.asarray(source_layer.translate, float).copy()
     scale = np.asarray(source_layer.scale, float)
+    translate = np.asarray(source_layer.translate, float)
+    keep_all = channel_axis is None or getattr(source_layer, "rgb", False)
+    if not keep_all:
+        scale = np.delete(scale, channel_axis)
+        translate = np.delete(translate, channel_axis)
+    translate = translate.copy()
     for axis, position in enumerate(stack_offset):
         translate[axis] += position * scale[axis]
-    return {
-        "scale": tuple(scale),
-        "translate": tuple(translate),
-        "rotate": source_layer.rotate,
-        "shear": source_layer.shear,
-        "affine": source_layer.affine,
-    }
+    geometry = {"scale": tuple(scale), "translate": tuple(translate)}
+    if keep_all:
+        geometry.update(
+            rotate=source_layer.rotate, shear=source_layer.shear, affine=source_layer.affine
+        )
+    return geometry
 
 
 def features_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:

@@ -38,6 +38,24 @@ def _expand_inputs(paths: list[str]) -> list[Path]:
     return files
 
 
+def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
+    """Inputs whose outputs would not collide; a later file with a stem seen
+    before (a/x.tif and b/x.tif, x.tif and x.png) is reported and skipped."""
+    seen: dict[str, Path] = {}
+    kept, skipped = [], 0
+    for path in files:
+        if path.stem in seen:
+            _error(
+                f"{path}: same name as {seen[path.stem]}; its outputs would overwrite "
+                "the other's (skipped)"
+            )
+            skipped += 1
+            continue
+        seen[path.stem] = path
+        kept.append(path)
+    return kept, skipped
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename, so an
     interrupted run never leaves a half-written output."""
@@ -139,7 +157,7 @@ def cmd_predict(args) -> int:
     files = _expand_inputs(args.inputs)
     if not files:
         raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
-    failures = 0
+    files, failures = _unique_stems(files)
     show = sys.stderr.isatty() or args.progress
     for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
         try:
@@ -176,7 +194,15 @@ def cmd_predict(args) -> int:
                 _add_to_coco(coco, path.name, instances)
             if args.verbose:
                 print(f"{path}: {len(instances)} objects", file=sys.stderr)
-        except (InputError, ModelError, Cancelled, OSError, ValueError) as err:
+        except (
+            InputError,
+            ModelError,
+            Cancelled,
+            OSError,
+            ValueError,
+            MemoryError,
+            RuntimeError,
+        ) as err:
             if args.debug:
                 raise
             failures += 1
@@ -225,7 +251,12 @@ def cmd_evaluate(args) -> int:
     from .core.data import read_image
     from .core.metrics import score_dataset
 
-    thresholds = [float(t) for t in args.thresholds.split(",")]
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")]
+    except ValueError:
+        raise CommandError(f"--thresholds: not a list of numbers: {args.thresholds}") from None
+    if not all(0 < t <= 1 for t in thresholds):
+        raise CommandError("--thresholds must lie in (0, 1]")
     pairs = _pair_label_files(Path(args.gt), Path(args.pred))
 
     def load():
@@ -249,10 +280,11 @@ def cmd_evaluate(args) -> int:
         )
     if args.json:
         out = Path(args.json)
-        _atomic_write(
-            out,
-            lambda p: p.write_text(json.dumps({**summary, "per_image": score.per_image}, indent=1)),
-        )
+        text = json.dumps({**summary, "per_image": score.per_image}, indent=1)
+        try:
+            _atomic_write(out, lambda p: p.write_text(text))
+        except OSError as err:
+            raise CommandError(f"{out}: cannot write ({err.strerror})") from None
     return EXIT_OK
 
 

@@ -236,7 +236,7 @@ class _SegmentationWidget(Container):
             except Exception as err:
                 self._show_error(_message(err))
                 raise
-            return self._add_result(layer, result, offset)
+            return self._add_result(layer, result, offset, channel_axis)
         from napari.qt.threading import create_worker
 
         def work():
@@ -244,7 +244,9 @@ class _SegmentationWidget(Container):
 
         worker = create_worker(work, _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._add_result(layer, result, offset))
+        worker.returned.connect(
+            lambda result: self._add_result(layer, result, offset, channel_axis)
+        )
         worker.errored.connect(lambda err: self._show_error(_message(err)))
         worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
         worker.finished.connect(self._on_finished)
@@ -287,12 +289,12 @@ class _SegmentationWidget(Container):
         self.status.value = f"Error: {text}"
 
     # --- results -----------------------------------------------------------------------
-    def _add_result(self, source, result, offset=()) -> list:
+    def _add_result(self, source, result, offset=(), channel_axis=None) -> list:
         model = str(self.model.value)
-        geometry = _layers.geometry_from(source, stack_offset=offset)
+        geometry = _layers.geometry_from(source, stack_offset=offset, channel_axis=channel_axis)
         data = source.data if not source.multiscale else source.data[0]
         intensity = None
-        if not offset and data.size <= 64e6:
+        if not offset and data.size <= 64e6 and (channel_axis is None or source.rgb):
             intensity = np.asarray(data)
         instances = result if self.task == "instance" else result.instances
         tuples = [
@@ -322,7 +324,7 @@ class _SegmentationWidget(Container):
         previous = self._written.get(name)
         if previous is not None and not previous.edited:
             layer = previous.layer
-            if layer in self.viewer.layers and layer.name == name:
+            if layer in self.viewer.layers and layer.name == previous.name:
                 # untouched since we wrote it: update in place (keeps its
                 # position in the layer list and the user's display settings)
                 with previous.writing():
@@ -346,7 +348,9 @@ class _WrittenLayer:
         self.layer = layer
         self.edited = False
         self._ours = False
-        for name in ("paint", "data", "set_data", "name"):
+        self.name = layer.name  # the name it was given (maybe "... [new]")
+        # not "set_data": napari emits it on every refresh (moving a slider)
+        for name in ("paint", "data", "name"):
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
                 emitter.connect(self._on_change)

@@ -73,6 +73,7 @@ def load_annotated_folder(
                 instance_classes,
                 ignore_value,
                 annotated_region_only,
+                semantic,
             )
         )
     if not samples:
@@ -98,6 +99,7 @@ def annotated(
     instance_classes=None,
     ignore_value=None,
     annotated_region_only=False,
+    semantic=False,
 ) -> AnnotatedImage:
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[0] in (1, 3, 4):
@@ -109,6 +111,13 @@ def annotated(
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iub":
         raise InputError(f"{name}: masks must hold integer labels, not {labels.dtype}")
+    if semantic:
+        valid = labels if ignore_value is None else labels[labels != ignore_value]
+        if valid.size and (valid.min() < 0 or valid.max() >= len(info.class_names)):
+            raise InputError(
+                f"{name}: class map values must be 0..{len(info.class_names) - 1} "
+                f"(background and {', '.join(info.class_names[1:])}), found {int(valid.max())}"
+            )
     return AnnotatedImage.create(
         name,
         image,
@@ -172,6 +181,11 @@ def prepare(
     train, val, split_warning = _split(list(train), val, val_fraction, seed)
     if split_warning:
         warnings.append(split_warning)
+    if loaded.info.architecture == "maskrcnn" and any(s.ignore_value is not None for s in train):
+        warnings.append(
+            "Mask R-CNN cannot skip pixels in training: unannotated pixels count "
+            "as background (use 'annotated region only' to crop them away)"
+        )
     n_objects = sum(int(len(np.unique(s.labels)) - 1) for s in train)
     if not semantic and n_objects < MIN_OBJECTS_WITHOUT_WARNING:
         warnings.append(f"only {n_objects} annotated objects: expect a small improvement at best")
@@ -201,6 +215,8 @@ def prepare(
         else UNetTrainer
     )
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="instseg-train-"))
+    for stale in ("best.safetensors", "state.pt", "log.csv"):  # a fresh run starts clean
+        (run_dir / stale).unlink(missing_ok=True)
     provenance = {
         "base_model": str(model)
         if model is not None and not isinstance(model, LoadedModel)
@@ -217,6 +233,8 @@ def prepare(
 
 def _starting_model(model, architecture, class_names, device, name, semantic) -> LoadedModel:
     target = resolve_device(device)
+    if semantic and architecture == "maskrcnn":
+        raise InputError("class maps (--semantic) train a U-Net, not a Mask R-CNN")
     if architecture is not None:
         if architecture not in NEW_MODEL_CONFIGS:
             raise InputError(f"unknown architecture {architecture!r} (use unet or maskrcnn)")
@@ -274,5 +292,5 @@ def _split(train, val, fraction, seed):
         )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
-    n_val = max(1, int(round(fraction * len(train))))
+    n_val = min(len(train) - 1, max(1, int(round(fraction * len(train)))))
     return ([train[i] for i in order[n_val:]], [train[i] for i in order[:n_val]], None)

@@ -214,6 +214,21 @@ def _resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     )
 
 
+def _resize_instances(result: InstanceResult, shape: tuple[int, int]) -> InstanceResult:
+    """Labels resized back to ``shape``; objects lost in resizing (slivers)
+    drop out of the per-object arrays too."""
+    labels = _resize_labels(result.labels, shape)
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(result) + 1))
+    present = present[present > 0]
+    rows = present - 1  # ids are 1..N in row order
+    return instance_result_from_labels(
+        relabel_sequential(labels),
+        result.class_names,
+        result.scores[rows],
+        result.class_ids[rows],
+    )
+
+
 def _check_task(loaded: LoadedModel, task: str) -> None:
     if loaded.info.task != task:
         wanted = "segment_semantic" if loaded.info.task == SEMANTIC else "segment_instances"
@@ -337,10 +352,10 @@ def iter_segment_semantic(
             return_probabilities
             if return_probabilities is not None
             else spatial[0] * spatial[1] * len(indices) <= _MAX_PROBABILITY_PIXELS
-        )
+        ) and rescale == 1.0  # probabilities at the rescaled size would not fit the image
 
-        def run_slice(tile, overlap, reader=work_reader, keep=keep, lows=lows, highs=highs):
-            return _semantic_slice(reader, loaded, lows, highs, tile, overlap, keep, interior)
+        def run_slice(model, tile, overlap, reader=work_reader, keep=keep, lows=lows, highs=highs):
+            return _semantic_slice(reader, model, lows, highs, tile, overlap, keep, interior)
 
         gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
         while True:
@@ -445,9 +460,13 @@ def _detect(module, batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[d
     """
     images = [batch[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
     transform = module.transform
+    saved = transform.min_size, transform.max_size  # training sets its own: restore them
     transform.min_size = (min(min(s) for s in sizes),)
     transform.max_size = max(max(s) for s in sizes)
-    image_list, _ = transform(images)
+    try:
+        image_list, _ = transform(images)
+    finally:
+        transform.min_size, transform.max_size = saved
     if any(tuple(s) != tuple(o) for s, o in zip(image_list.image_sizes, sizes)):
         raise RuntimeError("Mask R-CNN transform resized a tile; tiles must be one size")
     features = module.backbone(image_list.tensors)
@@ -571,8 +590,8 @@ def iter_segment_instances(
         work_reader, lows, highs = _prepare_slice(reader, loaded, rescale)
         total = total or len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices)
 
-        def run_slice(tile, overlap, reader=work_reader, lows=lows, highs=highs):
-            return _instance_slice(reader, loaded, lows, highs, tile, overlap, score_threshold)
+        def run_slice(model, tile, overlap, reader=work_reader, lows=lows, highs=highs):
+            return _instance_slice(reader, model, lows, highs, tile, overlap, score_threshold)
 
         gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
         while True:
@@ -587,16 +606,7 @@ def iter_segment_instances(
             done += 1
             yield Progress(done, total, "detecting in tiles")
         if rescale != 1.0:
-            result = (
-                instance_result_from_labels(
-                    _resize_labels(result.labels, spatial),
-                    result.class_names,
-                    result.scores,
-                    result.class_ids,
-                )
-                if result.labels.max() == len(result)
-                else result
-            )
+            result = _resize_instances(result, spatial)
         results.append(result)
     return _stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
 
@@ -613,19 +623,22 @@ class _Retry(int):
 
 def _with_memory_fallback(run_slice, loaded: LoadedModel, tile_size: int, overlap: int, shape):
     """Run one slice; on out-of-memory retry with half-size tiles, and when
-    even the smallest tiles do not fit on the GPU, continue on the CPU.
+    even the smallest tiles do not fit on the GPU, continue on a CPU copy of
+    the model (the caller's model stays where it is).
 
+    ``run_slice(loaded, tile_size, overlap)`` makes the slice's generator.
     Yields None per tile, or a ``_Retry`` when it restarts the slice, and
     returns the slice's result.
     """
+    import copy
     import warnings
 
-    original = tile_size
+    original = tile_size, overlap
     announced = len(tile_grid(*shape, tile_size, overlap))
     while True:
         done = 0
         try:
-            generator = run_slice(tile_size, overlap)
+            generator = run_slice(loaded, tile_size, overlap)
             while True:
                 try:
                     next(generator)
@@ -645,9 +658,9 @@ def _with_memory_fallback(run_slice, loaded: LoadedModel, tile_size: int, overla
                     "out of GPU memory even with small tiles: continuing on the CPU",
                     stacklevel=2,
                 )
-                loaded.module.to("cpu")
-                loaded.device = torch.device("cpu")
-                tile_size = original
+                module = copy.deepcopy(loaded.module).to("cpu")
+                loaded = LoadedModel(module, loaded.info, torch.device("cpu"))
+                tile_size, overlap = original
             else:
                 raise MemoryError(
                     "not enough memory even with the smallest tiles; close other programs "

@@ -176,7 +176,9 @@ def validate(
                 pred = segment_instances(sample.image, loaded).labels
             truth = sample.labels
             if sample.ignore_value is not None:
-                truth = np.where(truth == sample.ignore_value, 0, truth)
+                ignored = truth == sample.ignore_value
+                truth = np.where(ignored, 0, truth)
+                pred = _without_objects_in(pred, ignored)
             counts = match_counts(truth, pred, thresholds)
             total = counts if total is None else total + counts
     finally:
@@ -187,6 +189,16 @@ def validate(
 
 
 LOG_COLUMNS = ["iteration", "loss", "lr", "score", "ap50", "ap75", "seconds"]
+
+
+def _without_objects_in(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``labels`` without the objects lying mostly inside ``region`` (not
+    annotated: a detection there is neither right nor wrong)."""
+    inside = np.bincount(labels[region].ravel(), minlength=int(labels.max()) + 1)
+    total = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    drop = inside * 2 > total
+    drop[0] = False
+    return np.where(drop[labels], 0, labels)
 
 
 class Trainer:
@@ -289,7 +301,8 @@ class Trainer:
         module = self.loaded.module
         module.train()
         started = time.monotonic() - self.state.seconds
-        deadline = time.monotonic() + 60 * config.max_minutes if config.max_minutes else math.inf
+        # the budget covers the whole run, resumed parts included (as the LR schedule does)
+        deadline = started + 60 * config.max_minutes if config.max_minutes else math.inf
         running_loss = None
         while self.state.iteration < config.iterations:
             if cancel is not None and cancel():

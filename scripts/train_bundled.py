@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
+    parser.add_argument("--init", type=Path, help="start from this checkpoint's weights")
+    parser.add_argument("--sample-weighting", choices=["uniform", "area"], default="uniform")
     parser.add_argument(
         "--install",
         action="store_true",
@@ -133,10 +135,16 @@ def main(argv=None) -> int:
         warmup_iterations=defaults["warmup"],
         val_every=args.val_every,
         seed=args.seed,
+        sample_weighting=args.sample_weighting,
     )
     config.augment.crop_size = args.crop_size
     info = model_info(args.model)
-    module = build_model(info).to(device)
+    module = build_model(info)
+    if args.init:  # continue from earlier weights with a fresh optimiser and schedule
+        state, init_metadata = checkpoint.load_checkpoint(args.init)
+        module.load_state_dict(state)
+        info.postprocess = init_metadata.get("postprocess", info.postprocess)
+    module = module.to(device)
     loaded = LoadedModel(module, info, device)
     t0 = time.time()
     train = load_split(args.data, "train", args.limit)
@@ -151,6 +159,7 @@ def main(argv=None) -> int:
         "script": "scripts/train_bundled.py",
         "git_commit": git_commit(),
         "device": str(device),
+        "init": str(args.init) if args.init else None,
         "torch": torch.__version__,
     }
     trainer_class = UNetTrainer if args.model == "unet" else MaskRCNNTrainer

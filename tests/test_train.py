@@ -89,3 +89,19 @@ def test_maskrcnn_trainer_runs_and_cancels(tmp_path):
     with pytest.raises(Cancelled):
         drain(again.run(), cancel=lambda: again.state.iteration >= 1)
     assert again.state.iteration == 1
+
+
+def test_area_weighting_draws_large_images_more_often():
+    from napari_instseg.core.train import sample_indices
+
+    small = AnnotatedImage.create(
+        "s", np.zeros((16, 16, 3)), np.zeros((16, 16), int), {"low": 1.0, "high": 99.8}
+    )
+    large = AnnotatedImage.create(
+        "l", np.zeros((64, 64, 3)), np.zeros((64, 64), int), {"low": 1.0, "high": 99.8}
+    )
+    config = TrainConfig(batch_size=4000, sample_weighting="area")
+    drawn = sample_indices([small, large], config, np.random.default_rng(0))
+    assert 0.75 < drawn.mean() < 0.85  # sqrt-area weights 4:16 -> 0.8 for the large one
+    config.sample_weighting = "uniform"
+    assert 0.45 < sample_indices([small, large], config, np.random.default_rng(0)).mean() < 0.55

@@ -92,14 +92,17 @@ def main(argv=None) -> int:
     viewer.screenshot(str(args.out / "evaluate.png"), canvas_only=False)
     viewer.close()
 
-    # 4. fine-tuning on corrected labels (a short run)
+    # 4. fine-tuning on corrected labels (a short run on both samples)
     viewer = new_viewer()
-    image, truth = load_sample("nuclei", with_labels=True)
-    viewer.add_image(image, name="nuclei", colormap="gray", contrast_limits=(0, 80))
-    viewer.add_labels(truth, name="corrected labels")
+    for key in ("nuclei", "nuclei-histology"):
+        image, truth = load_sample(key, with_labels=True)
+        viewer.add_image(image, name=key, rgb=image.ndim == 3, visible=key == "nuclei")
+        viewer.add_labels(truth, name=f"{key} corrected", visible=key == "nuclei")
     _, train = viewer.window.add_plugin_dock_widget("napari-instseg", "Train model")
-    train.add_pair(viewer.layers["nuclei"], viewer.layers["corrected labels"])
-    train.epochs.value = 40
+    for key in ("nuclei", "nuclei-histology"):
+        train.add_pair(viewer.layers[key], viewer.layers[f"{key} corrected"])
+    train.epochs.value = 0
+    train.minutes.value = 0.5
     train.output.value = str(Path(tempfile.mkdtemp()) / "my-nuclei.safetensors")
     train.train(blocking=True)
     settle(app)

@@ -4,9 +4,10 @@ layer against a ground-truth one, and layers marking the errors."""
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, Table
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, Table
 
 from .._layers import TAG
+from ._common import wrapping_label
 
 
 class EvaluateWidget(Container):
@@ -23,7 +24,7 @@ class EvaluateWidget(Container):
         )
         self.evaluate_button = PushButton(text="Evaluate")
         self.table = Table()
-        self.status = Label(value="")
+        self.status = wrapping_label()
         self.extend(
             [
                 self.ground_truth,

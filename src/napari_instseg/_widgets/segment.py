@@ -23,13 +23,13 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
 )
 
 from .. import _layers
+from ._common import wrapping_label
 
 if TYPE_CHECKING:
     import napari
@@ -69,7 +69,7 @@ class _SegmentationWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self.status = Label(label="", value="")
+        self.status = wrapping_label()
         self.extend(
             [
                 self.image_layer,

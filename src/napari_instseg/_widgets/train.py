@@ -15,11 +15,12 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
 )
+
+from ._common import wrapping_label
 
 DEFAULT_OUTPUT = Path.home() / "napari-instseg-models" / "finetuned.safetensors"
 
@@ -37,7 +38,7 @@ class TrainWidget(Container):
         self.labels_layer = ComboBox(label="Labels", choices=self._layers_of("Labels"))
         self.add_pair_button = PushButton(text="Add pair")
         self.clear_pairs_button = PushButton(text="Clear pairs")
-        self.pairs_label = Label(label="Pairs", value="none")
+        self.pairs_label = wrapping_label("Pairs", "none")
         self.images_dir = FileEdit(label="or images folder", mode="d", value="")
         self.masks_dir = FileEdit(label="masks folder", mode="d", value="")
         self.base_model = ComboBox(label="Base model", choices=list(registry.list_models()))
@@ -56,7 +57,7 @@ class TrainWidget(Container):
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self.status = Label(value="")
+        self.status = wrapping_label()
         self.extend(
             [
                 self.image_layer,

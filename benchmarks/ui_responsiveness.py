@@ -73,13 +73,13 @@ def main(argv=None) -> int:
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     app = QApplication.instance()
     adding: list[float] = []
-    add_result = widget._add_result
+    put_layers = widget._put_layers
 
-    def timed_add_result(*args, **kwargs):
+    def timed_put_layers(*args, **kwargs):
         adding.append(time.perf_counter())
-        return add_result(*args, **kwargs)
+        return put_layers(*args, **kwargs)
 
-    widget._add_result = timed_add_result
+    widget._put_layers = timed_put_layers
 
     def longest_gap(t0, t1):
         inside = [t0, *[t for t in ticks if t0 <= t <= t1], t1]

@@ -100,7 +100,8 @@ def test_threaded_run_reports_progress_and_finishes(make_napari_viewer, qtbot, t
     worker = widget.run(blocking=False)
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
-    qtbot.waitUntil(lambda: "img instances (tiny-unet)" in viewer.layers, timeout=5000)
+    qtbot.waitUntil(lambda: "objects found" in widget.status.value, timeout=5000)
+    assert "img boxes (tiny-unet)" in viewer.layers
     assert widget.progress.value == widget.progress.max > 1
     assert widget.run_button.enabled
 
@@ -301,6 +302,7 @@ def test_source_layer_removed_during_a_run(make_napari_viewer, qtbot, tiny_unet_
     worker.yielded.connect(remove)
     with qtbot.waitSignal(worker.finished, timeout=60000):
         pass
+    qtbot.waitUntil(lambda: "objects found" in widget.status.value, timeout=5000)
     assert "gone instances (tiny-unet)" in viewer.layers
     assert tuple(viewer.layers["gone instances (tiny-unet)"].scale) == (2, 2)
     assert "removed" in widget.status.value

@@ -228,6 +228,7 @@ class _SegmentationWidget(Container):
         except _UserError as err:
             self._show_error(str(err))
             return None
+        names = self._result_names(layer)  # fixed now, whatever the pickers say later
         if blocking:
             from ..core.predict import drain
 
@@ -236,17 +237,18 @@ class _SegmentationWidget(Container):
             except Exception as err:
                 self._show_error(_message(err))
                 raise
-            return self._add_result(layer, result, offset, channel_axis)
+            tuples = self._layer_tuples(layer, result, offset, channel_axis, names)
+            return self._put_layers(tuples, layer, incremental=False)
         from napari.qt.threading import create_worker
 
         def work():
-            return (yield from self._make_generator(data, channel_axis))
+            result = yield from self._make_generator(data, channel_axis)
+            # features, boxes and geometry are built here, off the main thread
+            return self._layer_tuples(layer, result, offset, channel_axis, names)
 
         worker = create_worker(work, _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(
-            lambda result: self._add_result(layer, result, offset, channel_axis)
-        )
+        worker.returned.connect(lambda tuples: self._put_layers(tuples, layer, incremental=True))
         worker.errored.connect(lambda err: self._show_error(_message(err)))
         worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
         worker.finished.connect(self._on_finished)
@@ -289,8 +291,19 @@ class _SegmentationWidget(Container):
         self.status.value = f"Error: {text}"
 
     # --- results -----------------------------------------------------------------------
-    def _add_result(self, source, result, offset=(), channel_axis=None) -> list:
+    def _result_names(self, source) -> dict:
         model = str(self.model.value)
+        return {
+            "model": model,
+            "classes": f"{source.name} classes ({model})",
+            "instances": f"{source.name} instances ({model})",
+            "boxes": f"{source.name} boxes ({model})",
+            "show_text": getattr(self, "show_scores", None) is not None and self.show_scores.value,
+        }
+
+    def _layer_tuples(self, source, result, offset, channel_axis, names) -> list:
+        """Layer data tuples of a result (Qt-free, so the worker thread builds them)."""
+        model = names["model"]
         geometry = _layers.geometry_from(source, stack_offset=offset, channel_axis=channel_axis)
         data = source.data if not source.multiscale else source.data[0]
         intensity = None
@@ -298,24 +311,39 @@ class _SegmentationWidget(Container):
             intensity = np.asarray(data)
         instances = result if self.task == "instance" else result.instances
         tuples = [
-            _layers.labels_layer(
-                instances, f"{source.name} instances ({model})", geometry, intensity, model
-            ),
-            _layers.boxes_layer(
-                instances,
-                f"{source.name} boxes ({model})",
-                geometry,
-                model,
-                show_text=getattr(self, "show_scores", None) is not None and self.show_scores.value,
-            ),
+            _layers.labels_layer(instances, names["instances"], geometry, intensity, model),
+            _layers.boxes_layer(instances, names["boxes"], geometry, model, names["show_text"]),
         ]
         if self.task == "semantic":
-            name = f"{source.name} classes ({model})"
-            tuples.insert(0, _layers.classes_layer(result, name, geometry, model))
-        layers = [self._put_layer(t) for t in tuples]
-        link_boxes_and_labels(layers[-2], layers[-1])
-        note = "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
-        self._set_status(f"{len(instances)} objects found{note}.")
+            tuples.insert(0, _layers.classes_layer(result, names["classes"], geometry, model))
+        return tuples
+
+    def _put_layers(self, tuples, source, incremental: bool) -> list:
+        """Add or update the result layers. ``incremental`` adds one layer per
+        turn of the event loop, so napari never stalls for all of them at once."""
+        layers: list = []
+        pending = list(tuples)
+
+        def finish():
+            link_boxes_and_labels(layers[-2], layers[-1])
+            count = len(layers[-2].features)
+            note = (
+                "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
+            )
+            self._set_status(f"{count} objects found{note}.")
+
+        def step():
+            layers.append(self._put_layer(pending.pop(0)))
+            if not pending:
+                finish()
+            elif incremental:
+                from qtpy.QtCore import QTimer
+
+                QTimer.singleShot(0, step)
+            else:
+                step()
+
+        step()
         return layers
 
     def _put_layer(self, layer_tuple):

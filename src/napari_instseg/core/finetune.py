@@ -9,7 +9,6 @@ wherever a model name does.
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import AnnotatedImage, paired_files, read_image, read_instance_classes
+from .models import checkpoint
 from .models.registry import LoadedModel, ModelInfo, build_model, load_model, resolve_device
 from .train import (
     MaskRCNNTrainer,
@@ -137,17 +137,33 @@ class FineTuneJob:
     warnings: list[str] = field(default_factory=list)
     baseline: dict = field(default_factory=dict)  # validation scores before training
 
-    def save(self, output) -> Path:
-        """Copy the best checkpoint (by validation) to ``output``."""
-        best = self.trainer.run_dir / "best.safetensors"
+    def save(self, output, tune_postprocess: bool = True) -> Path:
+        """Copy the best checkpoint (by validation) to ``output``. For U-Nets
+        that derive instances, the seed threshold and minimum object size are
+        then re-chosen on the validation images (a new domain often has other
+        nucleus sizes than the training data)."""
+        trainer = self.trainer
+        best = trainer.run_dir / "best.safetensors"
         if not best.exists():  # no validation ran: save the current weights
-            self.trainer.save_model(best, self.trainer.last_scores)
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        shutil.copyfile(best, tmp)
-        tmp.replace(output)
-        return output
+            trainer.save_model(best, trainer.last_scores)
+        state, metadata = checkpoint.load_checkpoint(best)
+        metadata.pop("format_version")
+        if (
+            tune_postprocess
+            and trainer.val_samples
+            and isinstance(trainer, UNetTrainer)
+            and (not trainer.semantic)
+        ):
+            from .tuning import best_postprocess, sweep_postprocess
+
+            model = load_model(best, trainer.loaded.device)
+            scores = sweep_postprocess(model, trainer.val_samples)
+            chosen = best_postprocess(scores)
+            metadata["postprocess"] = {**metadata.get("postprocess", {}), **chosen}
+            metadata["training"]["postprocess_validation"] = {
+                "ap50": scores[(chosen["seed_threshold"], chosen["min_size"])][0]
+            }
+        return checkpoint.save_checkpoint(Path(output), state, metadata)
 
 
 def prepare(

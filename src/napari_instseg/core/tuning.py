@@ -1,0 +1,67 @@
+"""Choosing a U-Net's post-processing (seed threshold, minimum object size)
+on annotated images: predictions are made once, then the cheap instance
+derivation is swept."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from .data import AnnotatedImage
+from .metrics import match_counts
+from .models.registry import LoadedModel
+from .postprocess import instances_from_classes
+
+SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_SIZES = (4, 8, 16, 24)
+
+
+def sweep_postprocess(
+    loaded: LoadedModel,
+    samples: Sequence[AnnotatedImage],
+    seed_thresholds=SEED_THRESHOLDS,
+    min_sizes=MIN_SIZES,
+) -> dict[tuple[float, int], list[float]]:
+    """AP at IoU 0.5 and 0.75 (counts summed over ``samples``) for each
+    (seed threshold, minimum size)."""
+    from .predict import segment_semantic
+
+    interior = loaded.info.class_names.index(
+        loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
+    )
+    boundary = (
+        loaded.info.class_names.index("boundary") if "boundary" in loaded.info.class_names else -1
+    )
+    was_training = loaded.module.training
+    loaded.module.eval()
+    totals: dict = {}
+    try:
+        for sample in samples:
+            result = segment_semantic(sample.image, loaded, return_probabilities=True)
+            probability = np.round(result.probabilities[interior] * 255).astype(np.uint8)
+            truth = sample.labels
+            if sample.ignore_value is not None:
+                truth = np.where(truth == sample.ignore_value, 0, truth)
+            for seed, min_size in itertools.product(seed_thresholds, min_sizes):
+                labels = instances_from_classes(
+                    result.classes,
+                    min_size,
+                    interior_class=interior,
+                    boundary_class=boundary,
+                    seed_probability=probability,
+                    seed_threshold=seed,
+                )
+                counts = match_counts(truth, labels, [0.5, 0.75])
+                key = (seed, min_size)
+                totals[key] = counts if key not in totals else totals[key] + counts
+    finally:
+        loaded.module.train(was_training)
+    return {key: counts.summary()["ap"] for key, counts in totals.items()}
+
+
+def best_postprocess(scores: dict[tuple[float, int], list[float]]) -> dict:
+    """The setting with the highest AP50 + AP75, as ``ModelInfo.postprocess`` keys."""
+    seed, min_size = max(scores, key=lambda key: sum(scores[key]))
+    return {"seed_threshold": seed, "min_size": min_size}

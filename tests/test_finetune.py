@@ -234,3 +234,37 @@ def test_validation_ignores_objects_in_unannotated_pixels(oracle_unet):
         ignore_value=99,
     )
     assert validate(oracle_unet, [sample])["ap50"] == 1.0
+
+
+def test_fine_tuning_never_returns_a_model_worse_than_the_base(
+    annotated_folders, tmp_path, tiny_unet_path
+):
+    images, masks = annotated_folders
+    base = load_model(tiny_unet_path, "cpu")
+    train = finetune.load_annotated_folder(images, masks, base.info)
+    job = finetune.prepare(train, model=base, epochs=3, device="cpu", learning_rate=50.0)
+    from napari_instseg.core.predict import drain
+
+    drain(job.trainer.run())  # a learning rate this high wrecks the weights
+    saved = load_model(job.save(tmp_path / "out.safetensors"), "cpu")
+    assert job.trainer.state.best_score >= job.baseline["score"]
+    if job.trainer.state.best_iteration == 0:  # nothing beat the base model: it is kept
+        for key, value in base.module.state_dict().items():
+            assert (saved.module.state_dict()[key] == value).all()
+
+
+def test_fine_tuning_keeps_batchnorm_statistics(annotated_folders, tiny_unet_path):
+    images, masks = annotated_folders
+    base = load_model(tiny_unet_path, "cpu")
+    train = finetune.load_annotated_folder(images, masks, base.info)
+    job = finetune.prepare(train, model=base, epochs=2, device="cpu")
+    from napari_instseg.core.predict import drain
+
+    before = {
+        k: v.clone()
+        for k, v in job.trainer.loaded.module.state_dict().items()
+        if "running_mean" in k
+    }
+    drain(job.trainer.run())
+    after = job.trainer.loaded.module.state_dict()
+    assert before and all((after[k] == v).all() for k, v in before.items())

@@ -259,6 +259,7 @@ class TrainWidget(Container):
 
     def _on_done(self, value):
         name, path, after = value
+        self.progress.value = self.progress.max
         before = "n/a" if self._baseline is None else f"{self._baseline:.3f}"
         self.status.value = (
             f"Saved {path} as model '{name}'. Validation score: before {before}, after {after:.3f}."

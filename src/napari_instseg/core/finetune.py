@@ -221,6 +221,7 @@ def prepare(
         checkpoint_every=25,
         seed=seed,
         max_minutes=max_minutes,
+        freeze_batchnorm=finetuning,
     )
     config.augment.crop_size = crop
     trainer_class = (
@@ -244,6 +245,11 @@ def prepare(
     baseline = {}
     if measure_baseline and finetuning and val:
         baseline = validate(loaded, val, semantic=semantic)
+        # the base model is the first candidate: training can only replace it
+        # with something that validates better
+        trainer.state.best_score = baseline["score"]
+        trainer.last_scores = baseline
+        trainer.save_model(run_dir / "best.safetensors", baseline)
     return FineTuneJob(trainer, warnings, baseline)
 
 

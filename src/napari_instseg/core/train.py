@@ -38,6 +38,10 @@ class TrainConfig:
     seed: int = 0
     clip_grad_norm: float = 10.0
     sample_weighting: str = "uniform"  # or "area"
+    # Fine-tuning on a few images: keep BatchNorm's running statistics from the
+    # base model (batches of one small domain would overwrite them) and train
+    # only the weights.
+    freeze_batchnorm: bool = False
     max_minutes: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -254,6 +258,13 @@ class Trainer:
         self.last_loss: float | None = None
         self.validated_at = 0  # iteration of the latest validation
 
+    def _train_mode(self) -> None:
+        self.loaded.module.train()
+        if self.config.freeze_batchnorm:
+            for layer in self.loaded.module.modules():
+                if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
+
     def batch(self, rng: np.random.Generator):
         raise NotImplementedError
 
@@ -312,7 +323,7 @@ class Trainer:
     def run(self, cancel: Callable[[], bool] | None = None) -> Iterator[Progress]:
         config = self.config
         module = self.loaded.module
-        module.train()
+        self._train_mode()
         started = time.monotonic() - self.state.seconds
         # the budget covers the whole run, resumed parts included (as the LR schedule does)
         deadline = started + 60 * config.max_minutes if config.max_minutes else math.inf
@@ -351,7 +362,7 @@ class Trainer:
             last = self.state.iteration >= config.iterations or time.monotonic() > deadline
             if self.val_samples and (self.state.iteration % config.val_every == 0 or last):
                 scores = validate(self.loaded, self.val_samples, semantic=self.semantic)
-                module.train()
+                self._train_mode()
                 row.update(scores)
                 self.last_scores = scores
                 self.validated_at = self.state.iteration

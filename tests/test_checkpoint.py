@@ -138,3 +138,27 @@ def test_coco_model_loads_from_torch_hub_cache(tmp_path, monkeypatch):
     assert model.info.class_names[1] == "person" and len(model.info.class_names) == 91
     result = segment_instances(np.random.rand(64, 64, 3), model, score_threshold=0.0)
     assert result.labels.shape == (64, 64)
+
+
+def test_batchnorm_folding_keeps_predictions(tmp_path):
+    from napari_instseg.core.models.unet import fuse_batchnorm
+
+    info = tiny_unet_info()
+    module = build_model(info)
+    with torch.no_grad():  # give BatchNorm non-trivial statistics
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.running_mean.uniform_(-1, 1)
+                layer.running_var.uniform_(0.5, 2)
+                layer.weight.uniform_(0.5, 1.5)
+                layer.bias.uniform_(-0.5, 0.5)
+    module.eval()
+    fused = fuse_batchnorm(module)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(fused(x), module(x), atol=1e-5, rtol=1e-4)
+    path = checkpoint.save_checkpoint(
+        tmp_path / "m.safetensors", module.state_dict(), info.to_metadata()
+    )
+    loaded = load_model(path, "cpu")
+    assert loaded.predictor is loaded.inference_module is not None

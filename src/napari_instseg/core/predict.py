@@ -255,7 +255,7 @@ def _semantic_slice(
     """Class map, the instance class's probability (uint8, x 255) and optional
     probabilities of one slice. Tiles are blended row band by row band, so only
     one band of probabilities is held unless ``keep_probabilities``."""
-    module = loaded.module
+    module = loaded.predictor
     device = loaded.device
     divisor = getattr(module, "size_divisor", 16)
     height, width = reader.shape
@@ -504,7 +504,7 @@ def _instance_slice(
     overlap: int,
     score_threshold: float,
 ) -> Generator[None, None, InstanceResult]:
-    module = loaded.module
+    module = loaded.predictor
     device = loaded.device
     height, width = reader.shape
     tiles = tile_grid(height, width, tile_size, overlap)
@@ -658,7 +658,7 @@ def _with_memory_fallback(run_slice, loaded: LoadedModel, tile_size: int, overla
                     "out of GPU memory even with small tiles: continuing on the CPU",
                     stacklevel=2,
                 )
-                module = copy.deepcopy(loaded.module).to("cpu")
+                module = copy.deepcopy(loaded.predictor).to("cpu")
                 loaded = LoadedModel(module, loaded.info, torch.device("cpu"))
                 tile_size, overlap = original
             else:

@@ -91,10 +91,18 @@ class LoadedModel:
     module: nn.Module
     info: ModelInfo
     device: torch.device
+    # A faster copy for prediction (e.g. BatchNorm folded into convolutions),
+    # made by load_model; models being trained leave it None.
+    inference_module: nn.Module | None = None
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def predictor(self) -> nn.Module:
+        """The module the prediction engine runs."""
+        return self.inference_module if self.inference_module is not None else self.module
 
 
 @dataclass
@@ -249,6 +257,8 @@ def load_model(model, device: str | torch.device = "auto") -> LoadedModel:
     if isinstance(model, LoadedModel):
         if model.device != target and device != "auto":
             model.module.to(target)
+            if model.inference_module is not None:
+                model.inference_module.to(target)
             model.device = target
         return model
     if isinstance(model, (str, os.PathLike)) and str(model) in _REGISTRY:
@@ -271,7 +281,12 @@ def load_model(model, device: str | torch.device = "auto") -> LoadedModel:
             f"weights do not fit the {info.architecture} described in the metadata: {detail}"
         ) from None
     module.eval().to(target)
-    return LoadedModel(module, info, target)
+    inference = None
+    if info.architecture == "unet":
+        from .unet import fuse_batchnorm
+
+        inference = fuse_batchnorm(module).to(target)
+    return LoadedModel(module, info, target, inference)
 
 
 # --- the bundled and torchvision models -------------------------------------------------

@@ -89,6 +89,40 @@ class UNet(nn.Module):
         return self.head(self.decoder(self.encoder(x)))
 
 
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """An inference copy of ``module`` with each BatchNorm folded into the
+    convolution before it (same outputs in eval mode, one pass less over
+    every feature map). Only for prediction: the copy must not be trained."""
+    import copy
+
+    fused = copy.deepcopy(module).eval()
+    for block in fused.modules():
+        if not isinstance(block, nn.Sequential):
+            continue
+        layers = list(block)
+        for i in range(len(layers) - 1):
+            conv, norm = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+                new = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    conv.groups,
+                    bias=True,
+                )
+                with torch.no_grad():
+                    new.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+                    new.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+                block[i] = new
+                block[i + 1] = nn.Identity()
+    return fused
+
+
 def build_unet(
     in_channels: int = 3,
     num_classes: int = 3,

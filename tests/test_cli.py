@@ -170,3 +170,27 @@ def test_evaluate_rejects_bad_thresholds(tmp_path, thresholds, capsys):
         ["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"), "--thresholds", thresholds]
     )
     assert code == 1 and "--thresholds" in capsys.readouterr().err
+
+
+def test_outputs_get_ordinary_file_permissions(tmp_path, tiny_unet_path):
+    import os
+    import stat
+
+    tifffile.imwrite(tmp_path / "a.tif", np.random.rand(20, 20).astype(np.float32))
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "a.tif"),
+                "--model",
+                str(tiny_unet_path),
+                "-o",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((tmp_path / "out" / "a_labels.tif").stat().st_mode)
+    assert mode == 0o666 & ~umask  # not mkstemp's private 0600

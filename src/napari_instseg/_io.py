@@ -8,21 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from . import _layers
 from .core.export import MEASUREMENT_COLUMNS, coco_document, measurements, read_coco
+from .core.files import atomic_write
 from .core.postprocess import boxes_from_labels
 from .core.types import InstanceResult
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def result_from_layer(data: np.ndarray, meta: dict) -> InstanceResult:
@@ -70,7 +64,8 @@ def write_coco(path: str, data, meta: dict) -> list[str]:
     """Save a Labels layer (ids, classes and scores from its features) as COCO JSON."""
     name = meta.get("name", Path(path).stem)
     entries = [(n, result_from_layer(s, meta)) for n, s in _slices(data, name)]
-    _atomic_text(Path(path), json.dumps(coco_document(entries)))
+    text = json.dumps(coco_document(entries))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     return [path]
 
 
@@ -97,12 +92,14 @@ def write_measurements(path: str, layer_data: list) -> list[str]:
         for row in measurements(labels2d, plane, names, scores):
             rows.append({"slice": index, **row} if index else row)
     columns = (["slice"] if any("slice" in r for r in rows) else []) + MEASUREMENT_COLUMNS
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
     return [path]
 
 

@@ -11,8 +11,9 @@ import csv
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from .core.files import atomic_write
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -56,19 +57,6 @@ def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
     return kept, skipped
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename, so an
-    interrupted run never leaves a half-written output."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # --- models -------------------------------------------------------------------------------
 
 
@@ -88,12 +76,12 @@ def cmd_models(args) -> int:
 def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> None:
     import tifffile
 
-    _atomic_write(
+    atomic_write(
         outdir / f"{stem}_labels.tif",
         lambda p: tifffile.imwrite(p, instances.labels, compression="zlib"),
     )
     if semantic is not None:
-        _atomic_write(
+        atomic_write(
             outdir / f"{stem}_semantic.tif",
             lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
         )
@@ -128,7 +116,7 @@ def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> Non
                     ]
                 )
 
-    _atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
+    atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
 
 
 def cmd_predict(args) -> int:
@@ -210,7 +198,7 @@ def cmd_predict(args) -> int:
     if coco is not None:
         target = Path(args.coco)
         try:
-            _atomic_write(target, lambda p: p.write_text(json.dumps(coco.document())))
+            atomic_write(target, lambda p: p.write_text(json.dumps(coco.document())))
         except OSError as err:
             _error(f"{target}: cannot write COCO file ({err.strerror})")
             failures += 1
@@ -282,7 +270,7 @@ def cmd_evaluate(args) -> int:
         out = Path(args.json)
         text = json.dumps({**summary, "per_image": score.per_image}, indent=1)
         try:
-            _atomic_write(out, lambda p: p.write_text(text))
+            atomic_write(out, lambda p: p.write_text(text))
         except OSError as err:
             raise CommandError(f"{out}: cannot write ({err.strerror})") from None
     return EXIT_OK

@@ -480,8 +480,11 @@ class SemanticSegmentationWidget(_SegmentationWidget):
     task = "semantic"
 
     def _task_controls(self):
-        self.min_size = SpinBox(label="Minimum object size (px)", min=0, max=100000, value=8)
+        # 0 keeps the size stored with the model (chosen when it was trained or tuned)
+        self.min_size = SpinBox(
+            label="Minimum object size (px, 0 = model's)", min=0, max=100000, value=0
+        )
         return [self.min_size]
 
     def _engine_kwargs(self):
-        return {"min_size": self.min_size.value}
+        return {"min_size": self.min_size.value or None}

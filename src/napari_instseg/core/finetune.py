@@ -46,6 +46,7 @@ NEW_MODEL_CONFIGS = {
     },
 }
 MIN_OBJECTS_WITHOUT_WARNING = 20
+FREEZE_BATCHNORM_BELOW = 4  # training images
 
 
 def load_annotated_folder(
@@ -221,7 +222,9 @@ def prepare(
         checkpoint_every=25,
         seed=seed,
         max_minutes=max_minutes,
-        freeze_batchnorm=finetuning,
+        # with a handful of crops, batch statistics would wreck BatchNorm's running
+        # statistics; with several images they adapt them to the new domain
+        freeze_batchnorm=finetuning and len(train) < FREEZE_BATCHNORM_BELOW,
     )
     config.augment.crop_size = crop
     trainer_class = (

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import atomic_write
 from ..types import ModelError
 
 METADATA_KEY = "napari_instseg"
@@ -42,14 +42,7 @@ def save_checkpoint(
         tensors[key] = value
     header = {METADATA_KEY: json.dumps({"format_version": FORMAT_VERSION, **metadata})}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     return path
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from pycocotools import mask as mask_utils  # noqa: E402  (a test dependency)
 
 from conftest import disc_image
 from napari_instseg._io import (
@@ -16,8 +17,6 @@ from napari_instseg._io import (
 from napari_instseg.cli import main
 from napari_instseg.core.export import coco_document, read_coco, rle_encode_labels
 from napari_instseg.core.postprocess import instance_result_from_labels
-
-mask_utils = pytest.importorskip("pycocotools.mask")
 
 
 def _labels(seed=0, shape=(61, 83), n=12):

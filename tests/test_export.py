@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from pycocotools import mask as mask_utils  # noqa: E402  (a test dependency)
+from pycocotools import mask as mask_utils
 
 from conftest import disc_image
 from napari_instseg._io import (

@@ -13,10 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from .core.files import atomic_write
+from .core.files import IMAGE_SUFFIXES, atomic_write
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+EXIT_OK, EXIT_FAILED = 0, 1
 
 
 class CommandError(Exception):

@@ -10,11 +10,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
+from .files import IMAGE_SUFFIXES
 from .normalize import apply_range, percentile_range
 from .postprocess import BACKGROUND, BOUNDARY, INTERIOR
 from .types import InputError
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import numpy as np
 from .data import AnnotatedImage, paired_files, read_image, read_instance_classes
 from .models import checkpoint
 from .models.registry import LoadedModel, ModelInfo, build_model, load_model, resolve_device
+from .normalize import as_model_channels
 from .train import (
     MaskRCNNTrainer,
     SemanticUNetTrainer,
@@ -105,10 +106,7 @@ def annotated(
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[0] in (1, 3, 4):
         image = np.moveaxis(image, 0, -1)
-    if image.ndim == 3 and image.shape[-1] == 4:
-        image = image[..., :3]
-    if image.ndim == 2 or image.shape[-1] == 1:
-        image = np.repeat(image.reshape(*image.shape[:2], 1), info.in_channels, axis=-1)
+    image = as_model_channels(image[..., None] if image.ndim == 2 else image, info.in_channels)
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iub":
         raise InputError(f"{name}: masks must hold integer labels, not {labels.dtype}")

@@ -340,14 +340,12 @@ def iter_segment_semantic(
     spatial = None
     outputs = []
     indices = list(_stack_indices(stack_shape))
-    done = 0
-    total = None
+    counter = _TileCounter()
     for index in indices:
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
         work_reader, lows, highs = _prepare_slice(reader, loaded, rescale)
-        n_tiles = len(tile_grid(*work_reader.shape, tile_size, overlap))
-        total = total or n_tiles * len(indices)
+        counter.announce(len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices))
         keep = (
             return_probabilities
             if return_probabilities is not None
@@ -358,17 +356,7 @@ def iter_segment_semantic(
             return _semantic_slice(reader, model, lows, highs, tile, overlap, keep, interior)
 
         gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
-        while True:
-            try:
-                extra = next(gen)
-            except StopIteration as stop:
-                classes, interior_probability, probs = stop.value
-                break
-            if isinstance(extra, _Retry):  # restarted with smaller tiles
-                total += extra
-                continue
-            done += 1
-            yield Progress(done, total, "predicting tiles")
+        classes, interior_probability, probs = yield from counter.run(gen, "predicting tiles")
         if rescale != 1.0:
             classes = _resize_labels(classes, spatial)
             interior_probability = _resize_labels(interior_probability, spatial)
@@ -583,28 +571,18 @@ def iter_segment_instances(
     indices = list(_stack_indices(stack_shape))
     results = []
     spatial = None
-    done, total = 0, None
+    counter = _TileCounter()
     for index in indices:
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
         work_reader, lows, highs = _prepare_slice(reader, loaded, rescale)
-        total = total or len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices)
+        counter.announce(len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices))
 
         def run_slice(model, tile, overlap, reader=work_reader, lows=lows, highs=highs):
             return _instance_slice(reader, model, lows, highs, tile, overlap, score_threshold)
 
         gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
-        while True:
-            try:
-                extra = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if isinstance(extra, _Retry):
-                total += extra
-                continue
-            done += 1
-            yield Progress(done, total, "detecting in tiles")
+        result = yield from counter.run(gen, "detecting in tiles")
         if rescale != 1.0:
             result = _resize_instances(result, spatial)
         results.append(result)
@@ -614,6 +592,32 @@ def iter_segment_instances(
 # --- out-of-memory handling -------------------------------------------------------------
 
 MIN_TILE_SIZE = 128
+
+
+class _TileCounter:
+    """Tiles done and announced across the slices of one call."""
+
+    def __init__(self):
+        self.done = 0
+        self.total = 0
+
+    def announce(self, total: int) -> None:
+        """Set the total once, from the first slice's grid (all slices share a shape)."""
+        self.total = self.total or total
+
+    def run(self, slice_steps, message: str):
+        """Yield a Progress per tile of a slice generator (None per tile, a
+        ``_Retry`` when it restarts with smaller tiles) and return its result."""
+        while True:
+            try:
+                step = next(slice_steps)
+            except StopIteration as stop:
+                return stop.value
+            if isinstance(step, _Retry):
+                self.total += step
+                continue
+            self.done += 1
+            yield Progress(self.done, self.total, message)
 
 
 class _Retry(int):

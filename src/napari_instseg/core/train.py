@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from .data import IGNORE_INDEX, AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
 from .metrics import match_counts
 from .models import checkpoint
-from .models.registry import LoadedModel, ModelInfo
+from .models.registry import LoadedModel
 from .types import Cancelled, Progress
 
 
@@ -325,15 +325,15 @@ class Trainer:
         module = self.loaded.module
         self._train_mode()
         started = time.monotonic() - self.state.seconds
-        # the budget covers the whole run, resumed parts included (as the LR schedule does)
-        deadline = started + 60 * config.max_minutes if config.max_minutes else math.inf
+        # the budget covers the whole run, resumed parts included
+        budget = 60 * config.max_minutes if config.max_minutes else math.inf
+        deadline = started + budget
         running_loss = None
         while self.state.iteration < config.iterations:
             if cancel is not None and cancel():
                 raise Cancelled()
             it = self.state.iteration
             inputs, targets = self.batch(np.random.default_rng([config.seed, it]))
-            budget = 60 * config.max_minutes if config.max_minutes else math.inf
             lr = learning_rate_at(config, it, (time.monotonic() - started) / budget)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -438,12 +438,4 @@ class MaskRCNNTrainer(Trainer):
 def _jsonable(value):
     return json.loads(
         json.dumps(value, default=lambda o: list(o) if isinstance(o, tuple) else str(o))
-    )
-
-
-def new_model_info(
-    name: str, architecture: str, config: dict, class_names: list[str], **kwargs
-) -> ModelInfo:
-    return ModelInfo(
-        name=name, architecture=architecture, config=config, class_names=class_names, **kwargs
     )

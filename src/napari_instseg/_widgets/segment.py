@@ -10,6 +10,10 @@ updated in place only while its data is untouched since we wrote it. If the
 user edited it, renamed it or removed it, a new layer is added instead
 ("... [new]"), and the edited one is left as it is. Cancelling or an error
 changes no layer.
+
+Responsiveness: the worker also builds new Shapes layers (they triangulate
+every rectangle when built), so adding them only inserts them. Results are
+put one layer per turn of the event loop.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ class _SegmentationWidget(Container):
         self._worker = None
         self._activity = None  # napari progress shown while a worker runs
         self._written: dict[str, _WrittenLayer] = {}  # result layers this widget made
+        # napari's layer features need pandas. Imported first by the worker, its
+        # C extensions hold the interpreter's lock, freezing the UI for ~0.2 s.
+        import pandas  # noqa: F401
         _registry().register_remembered_checkpoints()
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.model = ComboBox(label="Model", choices=self._model_choices)
@@ -243,8 +250,10 @@ class _SegmentationWidget(Container):
 
         def work():
             result = yield from self._make_generator(data, channel_axis)
-            # features, boxes and geometry are built here, off the main thread
-            return self._layer_tuples(layer, result, offset, channel_axis, names)
+            # features, boxes, geometry and new layers are built here, off the main thread
+            return _with_built_layers(
+                self._layer_tuples(layer, result, offset, channel_axis, names)
+            )
 
         worker = create_worker(work, _start_thread=False)
         worker.yielded.connect(self._on_progress)
@@ -347,7 +356,7 @@ class _SegmentationWidget(Container):
         return layers
 
     def _put_layer(self, layer_tuple):
-        data, kwargs, kind = layer_tuple
+        data, kwargs, kind, *built = layer_tuple
         name = kwargs["name"]
         previous = self._written.get(name)
         if previous is not None and not previous.edited:
@@ -360,9 +369,24 @@ class _SegmentationWidget(Container):
                 return layer
         if name in self.viewer.layers:  # edited by the user, or not ours: keep it
             kwargs = {**kwargs, "name": f"{name} [new]"}
-        layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        if built:  # made in the worker
+            layer = built[0]
+            layer.name = kwargs["name"]
+            self.viewer.add_layer(layer)
+        else:
+            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         self._written[name] = _WrittenLayer(layer)
         return layer
+
+
+def _with_built_layers(tuples) -> list:
+    """Shapes layer tuples extended with the layer made from them (no Qt: safe
+    in a worker). The tuple is kept for updating an existing layer. Labels
+    layers are cheap to make on the main thread, and making the first one of a
+    session in a worker held the interpreter's lock for 0.1-0.3 s (imports)."""
+    from napari.layers import Shapes
+
+    return [(*t, Shapes(t[0], **t[1])) if t[2] == "shapes" else t for t in tuples]
 
 
 class _WrittenLayer:

@@ -105,3 +105,26 @@ def test_area_weighting_draws_large_images_more_often():
     assert 0.75 < drawn.mean() < 0.85  # sqrt-area weights 4:16 -> 0.8 for the large one
     config.sample_weighting = "uniform"
     assert 0.45 < sample_indices([small, large], config, np.random.default_rng(0)).mean() < 0.55
+
+
+def test_files_pair_by_stem_with_label_suffixes(tmp_path):
+    from napari_instseg.core.data import paired_files
+
+    images, masks, predicted = (tmp_path / d for d in ("images", "masks", "pred"))
+    for folder, names in (
+        (images, ["a.tif", "b.png", "c.tif", "notes.txt"]),
+        (masks, ["a_labels.tif", "b_masks.png", "d.tif"]),
+        (predicted, ["a.tif", "b_labels.tif"]),
+    ):
+        folder.mkdir()
+        for name in names:
+            (folder / name).touch()
+    assert [(s, i.name, m.name) for s, i, m in paired_files(images, masks)] == [
+        ("a", "a.tif", "a_labels.tif"),
+        ("b", "b.png", "b_masks.png"),
+    ]
+    # two folders of label images (evaluation): suffixes are dropped on both sides
+    assert [(s, g.name, p.name) for s, g, p in paired_files(masks, predicted, True)] == [
+        ("a", "a_labels.tif", "a.tif"),
+        ("b", "b_masks.png", "b_labels.tif"),
+    ]

@@ -219,16 +219,9 @@ def _pair_label_files(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
         return [(gt.stem, gt, pred)]
     if not (gt.is_dir() and pred.is_dir()):
         raise CommandError("GT and PRED must both be files or both be folders")
-    predicted = {
-        p.stem.removesuffix("_labels"): p
-        for p in pred.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES
-    }
-    pairs = []
-    for path in sorted(gt.iterdir()):
-        stem = path.stem.removesuffix("_labels")
-        if path.suffix.lower() in IMAGE_SUFFIXES and stem in predicted:
-            pairs.append((stem, path, predicted[stem]))
+    from .core.data import paired_files
+
+    pairs = paired_files(gt, pred, both_label_files=True)
     if not pairs:
         raise CommandError(f"no file stems in common between {gt} and {pred}")
     return pairs

@@ -63,6 +63,7 @@ class _SegmentationWidget(Container):
         # napari's layer features need pandas. Imported first by the worker, its
         # C extensions hold the interpreter's lock, freezing the UI for ~0.2 s.
         import pandas  # noqa: F401
+
         _registry().register_remembered_checkpoints()
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.model = ComboBox(label="Model", choices=self._model_choices)

@@ -106,20 +106,35 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image
 
 
-def paired_files(images_dir: str | os.PathLike, masks_dir: str | os.PathLike):
+LABEL_FILE_SUFFIXES = ("_labels", "_masks")  # allowed after the image's stem
+
+
+def label_stem(path: Path) -> str:
+    """``img_07`` for ``img_07.tif``, ``img_07_labels.tif`` or ``img_07_masks.png``."""
+    stem = path.stem
+    for suffix in LABEL_FILE_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return stem
+
+
+def paired_files(
+    images_dir: str | os.PathLike, masks_dir: str | os.PathLike, both_label_files: bool = False
+):
     """(stem, image path, mask path) of images with a mask of the same stem
-    (a ``_labels`` or ``_masks`` suffix on the mask is allowed)."""
+    (a ``_labels`` or ``_masks`` suffix on the mask is allowed; on both files
+    with ``both_label_files``, for comparing two folders of label images)."""
     masks = {}
     for folder in (images_dir, masks_dir):
         if not Path(folder).is_dir():
             raise InputError(f"{folder}: no such folder")
     for path in sorted(Path(masks_dir).iterdir()):
         if path.suffix.lower() in IMAGE_SUFFIXES:
-            masks[path.stem.removesuffix("_labels").removesuffix("_masks")] = path
+            masks[label_stem(path)] = path
     pairs = []
     for path in sorted(Path(images_dir).iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.stem in masks:
-            pairs.append((path.stem, path, masks[path.stem]))
+        stem = label_stem(path) if both_label_files else path.stem
+        if path.suffix.lower() in IMAGE_SUFFIXES and stem in masks:
+            pairs.append((stem, path, masks[stem]))
     return pairs
 
 

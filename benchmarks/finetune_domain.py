@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--test-images", type=int, default=30)
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: train's")
+    parser.add_argument("--seed", type=int, default=0, help="validation split and training")
     parser.add_argument("--save", type=Path, help="also save the fine-tuned model here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,7 +97,8 @@ def main(argv=None) -> int:
         max_minutes=args.minutes,
         device="cpu",
         name="nuclei-unet-domain",
-        measure_baseline=False,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
     )
     drain(job.trainer.run())
     best = job.save(args.save or Path(job.trainer.run_dir) / "final.safetensors")
@@ -109,7 +112,8 @@ def main(argv=None) -> int:
     )
     print(
         f"fine-tuning: {job.trainer.state.iteration} iterations in {seconds / 60:.1f} min "
-        f"(budget {args.minutes} min, {args.threads} threads)"
+        f"(budget {args.minutes} min, {args.threads} threads, seed {args.seed}, "
+        f"learning rate {job.trainer.config.learning_rate})"
     )
     print(
         f"AP50 on the test images: before {before:.3f}, after {after:.3f}, "

@@ -128,3 +128,35 @@ def test_files_pair_by_stem_with_label_suffixes(tmp_path):
         ("a", "a_labels.tif", "a.tif"),
         ("b", "b_masks.png", "b_labels.tif"),
     ]
+
+
+def test_checkpoint_choice_tolerates_validation_noise():
+    from types import SimpleNamespace
+
+    from napari_instseg.core.train import Trainer, TrainState
+
+    def chosen(margin, scores):
+        trainer = SimpleNamespace(config=TrainConfig(selection_margin=margin), state=TrainState())
+        picks = []
+        for score in scores:
+            picks.append(Trainer._choose(trainer, score))
+            if picks[-1]:
+                trainer.state.best_score = score
+        return picks
+
+    scores = [0.96, 0.89, 0.93, 0.70]
+    assert chosen(0.0, scores) == [True, False, False, False]  # plain best
+    # within 0.1 of the best seen: the later checkpoint wins; far below: never
+    assert chosen(0.1, scores) == [True, True, True, False]
+
+
+def test_validation_margin_counts_objects_not_ignored_pixels():
+    from napari_instseg.core.finetune import validation_margin
+
+    labels = np.zeros((40, 40), np.int64)
+    labels[:10, :10] = np.arange(1, 101).reshape(10, 10)  # 100 objects
+    labels[30:, 30:] = 255  # unannotated
+    sample = AnnotatedImage.create(
+        "s", np.zeros((40, 40, 3)), labels, {"low": 1.0, "high": 99.8}, ignore_value=255
+    )
+    assert validation_margin([sample]) == pytest.approx(0.1)

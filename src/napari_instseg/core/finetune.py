@@ -214,7 +214,8 @@ def prepare(
     config = TrainConfig(
         iterations=iterations,
         batch_size=batch,
-        learning_rate=learning_rate or (5e-4 if finetuning else 2e-3),
+        # fine-tuning: 1e-3 gained +0.105 AP50 on average in the domain benchmark, 5e-4 +0.099
+        learning_rate=learning_rate or (1e-3 if finetuning else 2e-3),
         warmup_iterations=min(20 if finetuning else 200, max(1, iterations // 10)),
         val_every=max(5, min(100, iterations // 10)) if epochs is not None else 25,
         checkpoint_every=25,
@@ -223,6 +224,7 @@ def prepare(
         # with a handful of crops, batch statistics would wreck BatchNorm's running
         # statistics; with several images they adapt them to the new domain
         freeze_batchnorm=finetuning and len(train) < FREEZE_BATCHNORM_BELOW,
+        selection_margin=0.0 if semantic else validation_margin(val),
     )
     config.augment.crop_size = crop
     trainer_class = (
@@ -248,10 +250,22 @@ def prepare(
         baseline = validate(loaded, val, semantic=semantic)
         # the base model is the first candidate: training can only replace it
         # with something that validates better
-        trainer.state.best_score = baseline["score"]
+        trainer.state.best_score = trainer.state.top_score = baseline["score"]
         trainer.last_scores = baseline
         trainer.save_model(run_dir / "best.safetensors", baseline)
     return FineTuneJob(trainer, warnings, baseline)
+
+
+def validation_margin(val: list[AnnotatedImage]) -> float:
+    """The margin of error of an AP measured on the objects of ``val``: 1/sqrt(n),
+    the 95% margin of a proportion over n trials at its widest. Checkpoints
+    whose scores differ by less are not told apart (0.19 for 27 objects, 0.05
+    for 400)."""
+    n_objects = 0
+    for sample in val:
+        not_objects = [0] if sample.ignore_value is None else [0, sample.ignore_value]
+        n_objects += len(np.setdiff1d(np.unique(sample.labels), not_objects))
+    return 1 / math.sqrt(max(n_objects, 1))
 
 
 def _starting_model(model, architecture, class_names, device, name, semantic) -> LoadedModel:

@@ -43,15 +43,21 @@ class TrainConfig:
     # only the weights.
     freeze_batchnorm: bool = False
     max_minutes: float | None = None
+    # Choosing the model by validation: 0 keeps the best-scoring checkpoint. A
+    # positive margin keeps the latest checkpoint scoring within it of the best
+    # seen (the validation's margin of error: a few validation objects cannot
+    # tell checkpoints apart, and the longer-trained one is then the better bet).
+    selection_margin: float = 0.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
 class TrainState:
     iteration: int = 0
-    best_score: float = -1.0
+    best_score: float = -1.0  # validation score of the chosen model
     best_iteration: int = 0
     seconds: float = 0.0
+    top_score: float = -1.0  # highest validation score seen
 
 
 def learning_rate_at(config: TrainConfig, iteration: int, time_fraction: float = 0.0) -> float:
@@ -271,6 +277,14 @@ class Trainer:
     def loss(self, inputs, targets) -> torch.Tensor:
         raise NotImplementedError
 
+    def _choose(self, score: float) -> bool:
+        """Whether a checkpoint validating at ``score`` becomes the chosen model."""
+        margin = self.config.selection_margin
+        self.state.top_score = max(self.state.top_score, score)
+        if margin <= 0:
+            return score > self.state.best_score
+        return score >= self.state.top_score - margin
+
     # --- persistence -------------------------------------------------------------------
     def save_state(self) -> None:
         path = self.run_dir / "state.pt"
@@ -366,7 +380,7 @@ class Trainer:
                 row.update(scores)
                 self.last_scores = scores
                 self.validated_at = self.state.iteration
-                if scores["score"] > self.state.best_score:
+                if self._choose(scores["score"]):
                     self.state.best_score = scores["score"]
                     self.state.best_iteration = self.state.iteration
                     self.save_model(self.run_dir / "best.safetensors", scores)

@@ -48,7 +48,7 @@ def test_semantic_tiled_equals_untiled_exactly(oracle_unet):
     assert match_counts(truth, tiled.instances.labels, [0.9]).summary()["ap"][0] == 1.0
 
 
-def _oracle_detect(module, batch, sizes):
+def _oracle_detect(module, batch, sizes, score_threshold=0.0):
     """Stands in for Mask R-CNN: every bright connected component in the tile
     (cut by the tile edge or not) becomes a detection with a 28x28 mask."""
     from scipy import ndimage
@@ -109,6 +109,29 @@ def test_instance_result_contract(tiny_maskrcnn_path):
     assert set(np.unique(result.labels)) - {0} == set(result.label_ids)
     if n:
         assert np.all(np.diff(result.scores) <= 1e-6), "ids are ranked by score"
+
+
+def test_mask_head_runs_only_on_detections_over_the_threshold(tiny_maskrcnn_path):
+    from napari_instseg import load_model
+
+    model = load_model(tiny_maskrcnn_path, "cpu")
+    heads = model.predictor.roi_heads
+    rois, raw_scores = [], []
+    hooks = [
+        heads.mask_head.register_forward_hook(lambda m, i, o: rois.append(len(i[0]))),
+        heads.register_forward_hook(lambda m, i, o: raw_scores.append(o[0][0]["scores"])),
+    ]
+    image = np.random.default_rng(1).random((96, 80)).astype(np.float32)
+    try:
+        segment_instances(image, model, score_threshold=0.0)
+        threshold = float(raw_scores[0].median())
+        segment_instances(image, model, score_threshold=threshold)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    over = int((raw_scores[0] >= threshold).sum())
+    assert rois == [len(raw_scores[0]), over] and len(raw_scores[1]) == over
+    assert heads.score_thresh == 0.0  # the model's own floor is restored
 
 
 def test_stacks_keep_leading_axes_and_unique_ids(oracle_unet):

@@ -439,27 +439,35 @@ def _check_tiling(tile_size: int, overlap: int) -> None:
 # --- instances (Mask R-CNN) -------------------------------------------------------------
 
 
-def _detect(module, batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[dict]:
+def _detect(
+    module, batch: torch.Tensor, sizes: list[tuple[int, int]], score_threshold: float = 0.0
+) -> list[dict]:
     """torchvision's Mask R-CNN stages without the final mask pasting.
 
     Boxes stay in tile pixels (the transform is told not to resize) and masks
     stay at the heads' 28x28, which the engine pastes into the label image
     itself instead of allocating one full-size float mask per detection.
+    Boxes scoring under ``score_threshold`` are dropped before the mask head,
+    which then runs only on the detections that are kept.
     """
     images = [batch[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
-    transform = module.transform
-    saved = transform.min_size, transform.max_size  # training sets its own: restore them
+    transform, heads = module.transform, module.roi_heads
+    # training sets its own sizes, and the model its own score floor: restore them
+    saved = transform.min_size, transform.max_size, heads.score_thresh
     transform.min_size = (min(min(s) for s in sizes),)
     transform.max_size = max(max(s) for s in sizes)
+    # torchvision keeps scores > its floor, the engine scores >= the threshold
+    floor = np.nextafter(np.float32(score_threshold), np.float32(0))  # scores are float32
+    heads.score_thresh = max(heads.score_thresh, float(floor))
     try:
         image_list, _ = transform(images)
+        if any(tuple(s) != tuple(o) for s, o in zip(image_list.image_sizes, sizes)):
+            raise RuntimeError("Mask R-CNN transform resized a tile; tiles must be one size")
+        features = module.backbone(image_list.tensors)
+        proposals, _ = module.rpn(image_list, features)
+        detections, _ = heads(features, proposals, image_list.image_sizes)
     finally:
-        transform.min_size, transform.max_size = saved
-    if any(tuple(s) != tuple(o) for s, o in zip(image_list.image_sizes, sizes)):
-        raise RuntimeError("Mask R-CNN transform resized a tile; tiles must be one size")
-    features = module.backbone(image_list.tensors)
-    proposals, _ = module.rpn(image_list, features)
-    detections, _ = module.roi_heads(features, proposals, image_list.image_sizes)
+        transform.min_size, transform.max_size, heads.score_thresh = saved
     return detections
 
 
@@ -500,7 +508,7 @@ def _instance_slice(
     for batch_tiles, arrays in _tile_batches(reader, tiles, loaded, lows, highs):
         x = _to_tensor(arrays, device, 1)
         with torch.inference_mode(), _autocast(device):
-            detections = _detect(module, x, [a.shape[:2] for a in arrays])
+            detections = _detect(module, x, [a.shape[:2] for a in arrays], score_threshold)
         for det, t in zip(detections, batch_tiles):
             scores_all = det["scores"].float().cpu().numpy()
             keep = scores_all >= score_threshold

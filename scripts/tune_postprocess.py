@@ -1,10 +1,11 @@
-"""Choose the U-Net's post-processing (seed threshold, minimum size) on
-training images, never on val, and store it in a checkpoint's metadata.
+"""Choose a bundled model's post-processing on training images, never on
+val, and store it in the checkpoint's metadata: the U-Net's seed threshold
+and minimum size, or the Mask R-CNN's score threshold.
 
     python scripts/tune_postprocess.py RUN_DIR/best.safetensors [--images 80] [--write]
 
 Predictions are made once per image; the sweep only re-runs the cheap
-instance derivation. ``--write`` stores the best setting in the checkpoint.
+instance derivation (or score filtering). ``--write`` stores the best setting.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import torch
 from napari_instseg import load_model
 from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.models import checkpoint
-from napari_instseg.core.tuning import best_postprocess, sweep_postprocess
+from napari_instseg.core.tuning import (
+    best_postprocess,
+    sweep_postprocess,
+    sweep_score_threshold,
+)
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
@@ -49,11 +54,19 @@ def main(argv=None) -> int:
         )
         for row in rows
     ]
-    scores = sweep_postprocess(model, samples)
-    best = best_postprocess(scores)
-    for (seed, min_size), (ap50, ap75) in sorted(scores.items()):
-        mark = " <- best" if (seed, min_size) == (best["seed_threshold"], best["min_size"]) else ""
-        print(f"seed {seed:.2f} min_size {min_size:>3}: AP50 {ap50:.3f} AP75 {ap75:.3f}{mark}")
+    if model.info.architecture == "maskrcnn":
+        by_threshold = sweep_score_threshold(model, samples)
+        chosen = max(by_threshold, key=lambda t: sum(by_threshold[t]))
+        best = {"score_threshold": chosen}
+        for threshold, (ap50, ap75) in sorted(by_threshold.items()):
+            mark = " <- best" if threshold == chosen else ""
+            print(f"score threshold {threshold:.2f}: AP50 {ap50:.3f} AP75 {ap75:.3f}{mark}")
+    else:
+        scores = sweep_postprocess(model, samples)
+        best = best_postprocess(scores)
+        for (seed, min_size), (ap50, ap75) in sorted(scores.items()):
+            mark = " <- best" if best == {"seed_threshold": seed, "min_size": min_size} else ""
+            print(f"seed {seed:.2f} min_size {min_size:>3}: AP50 {ap50:.3f} AP75 {ap75:.3f}{mark}")
     if args.write:
         state, metadata = checkpoint.load_checkpoint(args.checkpoint)
         metadata.pop("format_version")

@@ -281,3 +281,19 @@ def test_rescaled_instances_keep_tables_aligned_when_slivers_vanish(oracle_detec
     ids = np.unique(result.labels)[1:]
     assert list(ids) == list(result.label_ids) == list(range(1, len(result) + 1))
     assert len(result.scores) == len(result.class_ids) == len(result.boxes) == len(result)
+
+
+def test_score_threshold_defaults_to_the_models_own(tiny_maskrcnn_path, tmp_path):
+    from napari_instseg.core.models import checkpoint
+
+    state, metadata = checkpoint.load_checkpoint(tiny_maskrcnn_path)
+    metadata.pop("format_version")
+    image = np.random.default_rng(2).random((96, 80)).astype(np.float32)
+    scores = segment_instances(image, tiny_maskrcnn_path, score_threshold=0.0).scores
+    threshold = float(np.median(scores)) if len(scores) else 0.5
+    metadata["postprocess"] = {"score_threshold": threshold}
+    tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
+    default = segment_instances(image, tuned)
+    explicit = segment_instances(image, tiny_maskrcnn_path, score_threshold=threshold)
+    np.testing.assert_array_equal(default.labels, explicit.labels)
+    assert np.all(default.scores >= threshold)

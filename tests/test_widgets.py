@@ -352,3 +352,20 @@ def test_refreshing_or_hiding_a_result_does_not_count_as_an_edit(make_napari_vie
     again = widget.run(blocking=True)
     assert all(a is b for a, b in zip(first, again))
     assert not any(layer.name.endswith("[new]") for layer in viewer.layers)
+
+
+def test_instance_widget_shows_the_models_own_score_threshold(
+    make_napari_viewer, tiny_maskrcnn_path, tmp_path
+):
+    from napari_instseg._widgets.segment import InstanceSegmentationWidget
+    from napari_instseg.core.models import checkpoint
+
+    state, metadata = checkpoint.load_checkpoint(tiny_maskrcnn_path)
+    metadata.pop("format_version")
+    metadata.update(name="tuned-maskrcnn", postprocess={"score_threshold": 0.35})
+    tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
+    widget = InstanceSegmentationWidget(make_napari_viewer())
+    assert widget.load_checkpoint(tuned) == "tuned-maskrcnn"
+    assert widget.score_threshold.value == pytest.approx(0.35)
+    widget.model.value = "tiny-maskrcnn"  # no stored threshold: the usual 0.5
+    assert widget.score_threshold.value == pytest.approx(0.5)

@@ -373,7 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--tile-size", type=int, default=None)
     p.add_argument("--overlap", type=int, default=None)
-    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="Mask R-CNN detections to keep (default: the model's own, else 0.5)",
+    )
     p.add_argument(
         "--channel-axis",
         type=int,

@@ -153,6 +153,8 @@ class _SegmentationWidget(Container):
 
     def _on_model_changed(self, value):
         if value != LOAD_CHECKPOINT:
+            if value is not None:
+                self._show_model_defaults(_registry().stored_postprocess(value))
             return
         from qtpy.QtWidgets import QFileDialog
 
@@ -160,6 +162,9 @@ class _SegmentationWidget(Container):
             self.native, "Load a napari-instseg checkpoint", "", "Checkpoints (*.safetensors)"
         )
         self.load_checkpoint(path) if path else self.model.reset_choices()
+
+    def _show_model_defaults(self, postprocess: dict) -> None:
+        """Set task controls to the settings stored with the chosen model."""
 
     def load_checkpoint(self, path) -> str | None:
         """Register a checkpoint file (remembered for later sessions) and select it."""
@@ -493,7 +498,13 @@ class InstanceSegmentationWidget(_SegmentationWidget):
             label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5
         )
         self.show_scores = CheckBox(text="Show class and score on boxes", value=False)
+        if self.model.value is not None:
+            self._show_model_defaults(_registry().stored_postprocess(self.model.value))
         return [self.score_threshold, self.show_scores]
+
+    def _show_model_defaults(self, postprocess):
+        # the threshold chosen for the model on its training images, else 0.5
+        self.score_threshold.value = float(postprocess.get("score_threshold", 0.5))
 
     def _engine_kwargs(self):
         return {"score_threshold": self.score_threshold.value}

@@ -565,11 +565,13 @@ def iter_segment_instances(
     tile_size: int | None = None,
     overlap: int | None = None,
     rescale: float = 1.0,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
 ) -> Generator[Progress, None, InstanceResult]:
     """Generator form of ``segment_instances``: yields Progress per tile."""
     loaded = load_model(model, device)
     _check_task(loaded, INSTANCE)
+    if score_threshold is None:  # the model's own (tuned on training images), else 0.5
+        score_threshold = float(loaded.info.postprocess.get("score_threshold", 0.5))
     _check_dtype(image)
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
@@ -751,7 +753,7 @@ def segment_instances(
     device: str = "auto",
     tile_size: int | None = None,
     overlap: int | None = None,
-    score_threshold: float = 0.5,
+    score_threshold: float | None = None,
     channel_axis: int | None = None,
     rescale: float = 1.0,
     progress: ProgressCallback | None = None,
@@ -759,7 +761,8 @@ def segment_instances(
 ) -> InstanceResult:
     """Instances (labels, boxes, scores, classes) of ``image`` with a Mask R-CNN
     model (or any instance model); arguments as in ``segment_semantic``, plus
-    ``score_threshold`` for detections (default tile overlap: a quarter tile)."""
+    ``score_threshold`` for detections (default: the one stored with the model,
+    else 0.5; default tile overlap: a quarter tile)."""
     return drain(
         iter_segment_instances(
             image,

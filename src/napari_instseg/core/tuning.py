@@ -65,3 +65,26 @@ def best_postprocess(scores: dict[tuple[float, int], list[float]]) -> dict:
     """The setting with the highest AP50 + AP75, as ``ModelInfo.postprocess`` keys."""
     seed, min_size = max(scores, key=lambda key: sum(scores[key]))
     return {"seed_threshold": seed, "min_size": min_size}
+
+
+SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+def sweep_score_threshold(
+    loaded: LoadedModel, samples: Sequence[AnnotatedImage], thresholds=SCORE_THRESHOLDS
+) -> dict[float, list[float]]:
+    """AP at IoU 0.5 and 0.75 for each Mask R-CNN score threshold. One
+    prediction per image at the lowest threshold suffices: higher scores win
+    overlaps when instances are painted, so dropping the instances under a
+    threshold afterwards gives exactly what predicting at it would."""
+    from .predict import segment_instances
+
+    totals: dict = {}
+    for sample in samples:
+        result = segment_instances(sample.image, loaded, score_threshold=min(thresholds))
+        for threshold in thresholds:
+            kept = result.label_ids[result.scores >= threshold]
+            labels = np.where(np.isin(result.labels, kept), result.labels, 0)
+            counts = match_counts(sample.labels, labels, [0.5, 0.75])
+            totals[threshold] = counts if threshold not in totals else totals[threshold] + counts
+    return {threshold: counts.summary()["ap"] for threshold, counts in totals.items()}

@@ -114,6 +114,7 @@ class RegisteredModel:
     weights: Callable[[], tuple[dict, dict]]  # -> (state_dict, metadata)
     available: Callable[[], bool]
     architecture: str | None = None  # "unet" / "maskrcnn", when known without loading
+    metadata: Callable[[], dict] | None = None  # read without loading the weights
 
     @property
     def task(self) -> str | None:
@@ -160,9 +161,22 @@ def register_checkpoint(path: str | os.PathLike, name: str | None = None) -> str
             weights=lambda: checkpoint.load_checkpoint(path),
             available=path.exists,
             architecture=metadata.get("architecture"),
+            metadata=lambda: checkpoint.read_metadata(path),
         )
     )
     return name
+
+
+def stored_postprocess(name: str) -> dict:
+    """The post-processing settings stored with a registered model (e.g. its
+    tuned ``score_threshold``), read without loading weights; {} if unknown."""
+    entry = _REGISTRY.get(name)
+    if entry is None or entry.metadata is None or not entry.available():
+        return {}
+    try:
+        return dict(entry.metadata().get("postprocess") or {})
+    except (OSError, ValueError, ModelError):
+        return {}
 
 
 def user_config_dir() -> Path:
@@ -324,6 +338,7 @@ for _name, _description in _BUNDLED.items():
             _bundled_loader(_name),
             lambda n=_name: bundled_weights_path(n).exists(),
             _name.rsplit("-", 1)[1],
+            lambda n=_name: checkpoint.read_metadata(bundled_weights_path(n)),
         )
     )
 

@@ -297,3 +297,34 @@ def test_score_threshold_defaults_to_the_models_own(tiny_maskrcnn_path, tmp_path
     explicit = segment_instances(image, tiny_maskrcnn_path, score_threshold=threshold)
     np.testing.assert_array_equal(default.labels, explicit.labels)
     assert np.all(default.scores >= threshold)
+
+
+def test_cpu_bfloat16_can_be_switched_off(monkeypatch):
+    from contextlib import nullcontext
+
+    from napari_instseg.core import predict
+
+    monkeypatch.setenv("NAPARI_INSTSEG_CPU_BFLOAT16", "0")
+    predict.cpu_has_fast_bfloat16.cache_clear()
+    try:
+        assert not predict.cpu_has_fast_bfloat16()
+        assert isinstance(predict._autocast(torch.device("cpu")), nullcontext)
+    finally:
+        monkeypatch.delenv("NAPARI_INSTSEG_CPU_BFLOAT16")
+        predict.cpu_has_fast_bfloat16.cache_clear()
+
+
+def test_bfloat16_and_float32_agree(tiny_unet_path, monkeypatch):
+    from napari_instseg import load_model
+    from napari_instseg.core import predict
+
+    image, _ = disc_image((96, 96), [(30, 30), (60, 64)], 9)
+    results = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("NAPARI_INSTSEG_CPU_BFLOAT16", setting)
+        predict.cpu_has_fast_bfloat16.cache_clear()
+        results[setting] = segment_semantic(image, load_model(tiny_unet_path, "cpu"))
+    predict.cpu_has_fast_bfloat16.cache_clear()
+    reduced, full = results["1"], results["0"]
+    assert np.mean(reduced.classes == full.classes) > 0.98
+    np.testing.assert_allclose(reduced.probabilities, full.probabilities, atol=0.05)

@@ -10,7 +10,9 @@ baseline is measured in the same run.
 
 Speed: the whole API call on one 512x512 field (a 2x2 mosaic of val images),
 median of 5 after a warm-up, against the machine's yardstick: a torchvision
-ResNet-18 forward pass on a 1x3x512x512 tensor timed in the same run.
+ResNet-18 forward pass on a 1x3x512x512 tensor (float32) timed in the same run.
+On CPUs with native bfloat16 the engine uses it; the ResNet-18 in bfloat16 is
+then printed too, for comparison.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from _common import git_commit, machine_description, median_time  # noqa: E402
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
 from napari_instseg.core.models.registry import bundled_weights_path  # noqa: E402
+from napari_instseg.core.predict import cpu_has_fast_bfloat16  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
@@ -103,6 +106,13 @@ def speed(data: Path) -> dict:
             resnet(x)
 
     times = {"resnet18 forward (yardstick)": median_time(yardstick)}
+    if cpu_has_fast_bfloat16():  # the engine runs bfloat16 here: show the same for ResNet-18
+
+        def yardstick_bfloat16():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                resnet(x)
+
+        times["resnet18 forward, bfloat16 (for comparison)"] = median_time(yardstick_bfloat16)
     if bundled_weights_path("nuclei-unet").exists():
         unet = load_model("nuclei-unet", "cpu")
         times["nuclei-unet segment_semantic"] = median_time(lambda: segment_semantic(field, unet))
@@ -139,6 +149,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_description()}; commit {git_commit()}")
+    precision = "bfloat16" if cpu_has_fast_bfloat16() else "float32"
+    print(f"engine precision on this CPU: {precision} (NAPARI_INSTSEG_CPU_BFLOAT16=0: float32)")
     if not args.skip_accuracy:
         results = accuracy(args.data, predictors())
         header = " ".join(f"{t:>6.2f}" for t in THRESHOLDS)

@@ -359,13 +359,18 @@ def test_instance_widget_shows_the_models_own_score_threshold(
 ):
     from napari_instseg._widgets.segment import InstanceSegmentationWidget
     from napari_instseg.core.models import checkpoint
+    from napari_instseg.core.models.registry import stored_postprocess
 
     state, metadata = checkpoint.load_checkpoint(tiny_maskrcnn_path)
     metadata.pop("format_version")
     metadata.update(name="tuned-maskrcnn", postprocess={"score_threshold": 0.35})
     tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
     widget = InstanceSegmentationWidget(make_napari_viewer())
+    # on opening, the bundled model's own threshold (tuned on its training images)
+    bundled = stored_postprocess("nuclei-maskrcnn")["score_threshold"]
+    assert widget.model.value == "nuclei-maskrcnn" and bundled != 0.5
+    assert widget.score_threshold.value == pytest.approx(bundled)
     assert widget.load_checkpoint(tuned) == "tuned-maskrcnn"
     assert widget.score_threshold.value == pytest.approx(0.35)
-    widget.model.value = "tiny-maskrcnn"  # no stored threshold: the usual 0.5
-    assert widget.score_threshold.value == pytest.approx(0.5)
+    assert widget.load_checkpoint(tiny_maskrcnn_path) == "tiny-maskrcnn"
+    assert widget.score_threshold.value == pytest.approx(0.5)  # none stored: the usual 0.5

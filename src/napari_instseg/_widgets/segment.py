@@ -93,6 +93,7 @@ class _SegmentationWidget(Container):
                 self.status,
             ]
         )
+        self._on_model_changed(self.model.value)  # the default model's stored settings
         self.run_button.changed.connect(lambda: self.run(blocking=False))
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._on_model_changed)
@@ -498,8 +499,6 @@ class InstanceSegmentationWidget(_SegmentationWidget):
             label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5
         )
         self.show_scores = CheckBox(text="Show class and score on boxes", value=False)
-        if self.model.value is not None:
-            self._show_model_defaults(_registry().stored_postprocess(self.model.value))
         return [self.score_threshold, self.show_scores]
 
     def _show_model_defaults(self, postprocess):

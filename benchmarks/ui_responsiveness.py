@@ -8,6 +8,10 @@ largest gap between two ticks is the longest time the UI could not respond
 computes and for the moment the result layers are added. Without bundled
 Mask R-CNN weights, a random-weight Mask R-CNN of the bundled architecture is
 used: it returns the maximum number of detections, a worst case for adding layers.
+
+``--napari-alone`` measures the floor instead: the same result layers added by
+a plain script (``viewer.add_labels`` and ``viewer.add_shapes``, one event-loop
+turn apart, as the widget does), first and second time in a fresh session.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--napari-alone",
+        action="store_true",
+        help="time napari adding the same layers from a script, without the widget",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -87,6 +96,8 @@ def main(argv=None) -> int:
         return max((b - a, a - t0) for a, b in zip(inside, inside[1:]))
 
     print(f"machine: {machine_description()}")
+    if args.napari_alone:
+        return napari_alone(viewer, widget, model, ticks, timer, longest_gap)
     timer.start()
     for run in ("first run (imports, model load)", "second run"):
         adding.clear()
@@ -118,6 +129,38 @@ def main(argv=None) -> int:
         time.sleep(0.002)
     gap, _ = longest_gap(start, time.perf_counter())
     print(f"napari alone, viewer.add_labels of the same instances: {gap * 1000:.0f} ms stall")
+    timer.stop()
+    viewer.close()
+    return 0
+
+
+def napari_alone(viewer, widget, model, ticks, timer, longest_gap) -> int:
+    """napari's own cost of adding the widget's result layers from a script."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_instseg import _layers
+    from napari_instseg.core.predict import segment_instances
+
+    app = QApplication.instance()
+    source = viewer.layers[0]
+    result = segment_instances(source.data, model, score_threshold=widget.score_threshold.value)
+    geometry = _layers.geometry_from(source)
+    timer.start()
+    for run in ("first time in the session", "second time"):
+        labels = _layers.labels_layer(result, f"{run} instances", geometry, source.data, model)
+        boxes = _layers.boxes_layer(result, f"{run} boxes", geometry, model, False)
+        gaps = []
+        for data, kwargs, kind in (labels, boxes):
+            start = time.perf_counter()
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+            for _ in range(50):  # one layer per event-loop turn, then let it draw
+                app.processEvents()
+                time.sleep(0.002)
+            gaps.append(longest_gap(start, time.perf_counter())[0])
+        print(
+            f"napari alone, {run}: {len(result.label_ids)} objects, longest stall "
+            f"add_labels {gaps[0] * 1000:.0f} ms, add_shapes {gaps[1] * 1000:.0f} ms"
+        )
     timer.stop()
     viewer.close()
     return 0

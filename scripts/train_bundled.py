@@ -110,6 +110,11 @@ def main(argv=None) -> int:
     parser.add_argument("--init", type=Path, help="start from this checkpoint's weights")
     parser.add_argument("--sample-weighting", choices=["uniform", "area"], default="uniform")
     parser.add_argument(
+        "--cpu-bfloat16",
+        action="store_true",
+        help="U-Net: bfloat16 autocast on CPUs with native bfloat16 (about 1.5x faster)",
+    )
+    parser.add_argument(
         "--install",
         action="store_true",
         help="only copy RUN_DIR/best.safetensors into the package (fp16)",
@@ -136,6 +141,7 @@ def main(argv=None) -> int:
         val_every=args.val_every,
         seed=args.seed,
         sample_weighting=args.sample_weighting,
+        cpu_bfloat16=args.cpu_bfloat16,
     )
     config.augment.crop_size = args.crop_size
     info = model_info(args.model)

@@ -68,15 +68,39 @@ def test_unet_trainer_runs_saves_and_resumes(tmp_path):
     assert log[0] == "iteration,loss,lr,score,ap50,ap75,seconds" and len(log) == 4
 
 
-def test_unet_loss_goes_down_on_a_learnable_task(tmp_path):
+@pytest.mark.parametrize("cpu_bfloat16", [False, True])
+def test_unet_loss_goes_down_on_a_learnable_task(tmp_path, monkeypatch, cpu_bfloat16):
+    # bfloat16 runs (slowly) on any CPU: pretend this one has native units
+    monkeypatch.setattr("napari_instseg.core.train.cpu_has_fast_bfloat16", lambda: True)
     info = tiny_unet_info()
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
     config = _config(40)
     config.learning_rate = 1e-2
+    config.cpu_bfloat16 = cpu_bfloat16
     trainer = UNetTrainer(loaded, _samples(), [], config, tmp_path)
+    precisions = []
+    loss = trainer.loss
+
+    def recording_loss(inputs, targets):
+        precisions.append(torch.is_autocast_enabled("cpu"))
+        return loss(inputs, targets)
+
+    trainer.loss = recording_loss
     drain(trainer.run())
+    assert set(precisions) == {cpu_bfloat16}
     losses = [float(r.split(",")[1]) for r in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_detectors_train_in_float32_on_cpus(tmp_path, monkeypatch):
+    monkeypatch.setattr("napari_instseg.core.train.cpu_has_fast_bfloat16", lambda: True)
+    info = tiny_maskrcnn_info(tile_size=64)
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    config = _config(1)
+    config.cpu_bfloat16 = True
+    trainer = MaskRCNNTrainer(loaded, _samples(1), [], config, tmp_path)
+    with trainer._autocast():
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_maskrcnn_trainer_runs_and_cancels(tmp_path):

@@ -6,6 +6,7 @@ Used by ``scripts/train_bundled.py`` (the bundled weights) and by the
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -22,6 +23,7 @@ from .data import IGNORE_INDEX, AnnotatedImage, AugmentConfig, augmented_crop, u
 from .metrics import match_counts
 from .models import checkpoint
 from .models.registry import LoadedModel
+from .predict import cpu_has_fast_bfloat16
 from .types import Cancelled, Progress
 
 
@@ -48,6 +50,10 @@ class TrainConfig:
     # seen (the validation's margin of error: a few validation objects cannot
     # tell checkpoints apart, and the longer-trained one is then the better bet).
     selection_margin: float = 0.0
+    # bfloat16 autocast on CPUs with native bfloat16 units (see
+    # predict.cpu_has_fast_bfloat16), for models whose trainer allows it. GPUs
+    # always train in bfloat16 autocast.
+    cpu_bfloat16: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -235,6 +241,9 @@ class Trainer:
 
     channels_last = False
     semantic = False  # trained on class maps (scored by mean IoU) instead of instances
+    # Dense outputs tolerate bfloat16; box regression does not (8 bits of
+    # mantissa move coordinates by pixels), so detectors leave it off on CPUs.
+    cpu_bfloat16_allowed = False
 
     def __init__(
         self,
@@ -273,6 +282,21 @@ class Trainer:
 
     def batch(self, rng: np.random.Generator):
         raise NotImplementedError
+
+    def _autocast(self):
+        """Mixed precision: bfloat16 (no loss scaling needed) on GPUs, and on
+        CPUs with native bfloat16 when the config asks and the model allows."""
+        device = self.loaded.device
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if (
+            device.type == "cpu"
+            and self.config.cpu_bfloat16
+            and self.cpu_bfloat16_allowed
+            and cpu_has_fast_bfloat16()
+        ):
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def loss(self, inputs, targets) -> torch.Tensor:
         raise NotImplementedError
@@ -351,10 +375,7 @@ class Trainer:
             lr = learning_rate_at(config, it, (time.monotonic() - started) / budget)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            # mixed precision on GPUs (bfloat16 needs no loss scaling)
-            with torch.autocast(
-                "cuda", dtype=torch.bfloat16, enabled=self.loaded.device.type == "cuda"
-            ):
+            with self._autocast():
                 loss = self.loss(inputs, targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -400,6 +421,7 @@ class UNetTrainer(Trainer):
     """Cross-entropy on background / interior / boundary targets from instance masks."""
 
     channels_last = True
+    cpu_bfloat16_allowed = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

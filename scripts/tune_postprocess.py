@@ -24,6 +24,7 @@ from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.models import checkpoint
 from napari_instseg.core.tuning import (
     best_postprocess,
+    best_score_threshold,
     sweep_postprocess,
     sweep_score_threshold,
 )
@@ -56,10 +57,9 @@ def main(argv=None) -> int:
     ]
     if model.info.architecture == "maskrcnn":
         by_threshold = sweep_score_threshold(model, samples)
-        chosen = max(by_threshold, key=lambda t: sum(by_threshold[t]))
-        best = {"score_threshold": chosen}
+        best = best_score_threshold(by_threshold)
         for threshold, (ap50, ap75) in sorted(by_threshold.items()):
-            mark = " <- best" if threshold == chosen else ""
+            mark = " <- best" if threshold == best["score_threshold"] else ""
             print(f"score threshold {threshold:.2f}: AP50 {ap50:.3f} AP75 {ap75:.3f}{mark}")
     else:
         scores = sweep_postprocess(model, samples)

@@ -184,3 +184,20 @@ def test_validation_margin_counts_objects_not_ignored_pixels():
         "s", np.zeros((40, 40, 3)), labels, {"low": 1.0, "high": 99.8}, ignore_value=255
     )
     assert validation_margin([sample]) == pytest.approx(0.1)
+
+
+def test_unannotated_regions_count_neither_objects_nor_errors():
+    from napari_instseg.core.train import scoreable
+
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[20:, 20:] = 99  # not annotated
+    image = np.zeros((40, 40), np.uint8)
+    sample = AnnotatedImage.create("s", image, labels, {"low": 1, "high": 99}, ignore_value=99)
+    assert sample.object_count == 1
+    pred = np.zeros_like(labels)
+    pred[2:10, 2:10] = 1
+    pred[25:30, 25:30] = 2  # inside the unannotated region: neither right nor wrong
+    pred[12:16, 2:6] = 3  # a false positive
+    truth, kept = scoreable(sample, pred)
+    assert set(np.unique(truth)) == {0, 1} and set(np.unique(kept)) == {0, 1, 3}

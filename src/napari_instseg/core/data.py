@@ -33,6 +33,12 @@ class AnnotatedImage:
     instance_classes: dict[int, int] | None = None
     ignore_value: int | None = None
 
+    @property
+    def object_count(self) -> int:
+        """Annotated objects: instance ids other than 0 and the ignore value."""
+        not_objects = [0] if self.ignore_value is None else [0, self.ignore_value]
+        return len(np.setdiff1d(np.unique(self.labels), not_objects))
+
     @classmethod
     def create(
         cls,

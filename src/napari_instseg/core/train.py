@@ -203,12 +203,7 @@ def validate(
                 pred = pred.instances.labels
             else:
                 pred = segment_instances(sample.image, loaded).labels
-            truth = sample.labels
-            if sample.ignore_value is not None:
-                ignored = truth == sample.ignore_value
-                truth = np.where(ignored, 0, truth)
-                pred = _without_objects_in(pred, ignored)
-            counts = match_counts(truth, pred, thresholds)
+            counts = match_counts(*scoreable(sample, pred), thresholds)
             total = counts if total is None else total + counts
     finally:
         module.train(was_training)
@@ -218,6 +213,15 @@ def validate(
 
 
 LOG_COLUMNS = ["iteration", "loss", "lr", "score", "ap50", "ap75", "seconds"]
+
+
+def scoreable(sample: AnnotatedImage, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Truth and prediction to compare: where the sample is not annotated (its
+    ignore value), truth has no objects and predictions there are dropped."""
+    if sample.ignore_value is None:
+        return sample.labels, pred
+    ignored = sample.labels == sample.ignore_value
+    return np.where(ignored, 0, sample.labels), _without_objects_in(pred, ignored)
 
 
 def _without_objects_in(labels: np.ndarray, region: np.ndarray) -> np.ndarray:

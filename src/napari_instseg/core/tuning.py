@@ -13,6 +13,7 @@ from .data import AnnotatedImage
 from .metrics import match_counts
 from .models.registry import LoadedModel
 from .postprocess import instances_from_classes
+from .train import scoreable
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_SIZES = (4, 8, 16, 24)
@@ -41,9 +42,6 @@ def sweep_postprocess(
         for sample in samples:
             result = segment_semantic(sample.image, loaded, return_probabilities=True)
             probability = np.round(result.probabilities[interior] * 255).astype(np.uint8)
-            truth = sample.labels
-            if sample.ignore_value is not None:
-                truth = np.where(truth == sample.ignore_value, 0, truth)
             for seed, min_size in itertools.product(seed_thresholds, min_sizes):
                 labels = instances_from_classes(
                     result.classes,
@@ -53,7 +51,7 @@ def sweep_postprocess(
                     seed_probability=probability,
                     seed_threshold=seed,
                 )
-                counts = match_counts(truth, labels, [0.5, 0.75])
+                counts = match_counts(*scoreable(sample, labels), [0.5, 0.75])
                 key = (seed, min_size)
                 totals[key] = counts if key not in totals else totals[key] + counts
     finally:
@@ -85,6 +83,11 @@ def sweep_score_threshold(
         for threshold in thresholds:
             kept = result.label_ids[result.scores >= threshold]
             labels = np.where(np.isin(result.labels, kept), result.labels, 0)
-            counts = match_counts(sample.labels, labels, [0.5, 0.75])
+            counts = match_counts(*scoreable(sample, labels), [0.5, 0.75])
             totals[threshold] = counts if threshold not in totals else totals[threshold] + counts
     return {threshold: counts.summary()["ap"] for threshold, counts in totals.items()}
+
+
+def best_score_threshold(scores: dict[float, list[float]]) -> dict:
+    """The threshold with the highest AP50 + AP75, as a ``ModelInfo.postprocess`` key."""
+    return {"score_threshold": max(scores, key=lambda threshold: sum(scores[threshold]))}

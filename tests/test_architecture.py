@@ -22,6 +22,18 @@ def test_importing_the_package_does_not_import_torch():
     assert _run("import sys, napari_instseg; print('torch' in sys.modules)") == "False"
 
 
+def test_listing_models_and_their_settings_does_not_import_torch():
+    # the widgets do this when they open; torch takes 1-2 s to import
+    code = (
+        "import sys\n"
+        "from napari_instseg.core.models import registry\n"
+        "registry.register_remembered_checkpoints()\n"
+        "print(registry.models_for_task('instance'), registry.stored_postprocess('nuclei-unet'))\n"
+        "print('torch' in sys.modules)"
+    )
+    assert _run(code).splitlines()[-1] == "False"
+
+
 def test_core_imports_neither_napari_nor_qt():
     modules = sorted(
         "napari_instseg." + ".".join(p.relative_to(SRC).with_suffix("").parts)

@@ -18,6 +18,39 @@ def test_widgets_open_from_the_manifest(make_napari_viewer, name):
     assert dock is not None and widget.run_button.enabled
 
 
+def test_opening_a_widget_leaves_torch_to_a_background_thread():
+    """Opening does not freeze napari to import torch; it loads afterwards."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, time
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=False)
+_, widget = viewer.window.add_plugin_dock_widget(
+    "napari-instseg", "Instance segmentation (Mask R-CNN)")
+print("torch when open:", "torch" in sys.modules)
+deadline = time.monotonic() + 120
+from napari_instseg._widgets._common import _torch_devices, _torch_import
+from napari_instseg.core.models.registry import available_devices
+while (not _torch_devices or _torch_import.locked()) and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.01)
+print("loaded in the background:", "torchvision.models.detection" in sys.modules)
+while widget.device.choices != tuple(available_devices()) and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.01)
+print("devices:", widget.device.choices == tuple(available_devices()))
+viewer.close()
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    ).stdout
+    assert "torch when open: False" in out, out
+    assert "loaded in the background: True" in out and "devices: True" in out, out
+
+
 @pytest.mark.parametrize("key,ndim", [("nuclei", 2), ("nuclei-histology", 3)])
 def test_sample_data_opens(make_napari_viewer, key, ndim):
     viewer = make_napari_viewer()

@@ -33,7 +33,7 @@ from magicgui.widgets import (
 )
 
 from .. import _layers
-from ._common import wrapping_label
+from ._common import device_picker, import_torch, wrapping_label
 
 if TYPE_CHECKING:
     import napari
@@ -68,9 +68,7 @@ class _SegmentationWidget(Container):
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model.value = self._default_model()
-        self.device = ComboBox(
-            label="Device", choices=_registry().available_devices(), value="auto"
-        )
+        self.device = device_picker(detection=self.task == "instance")
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
         self.scope = ComboBox(label="Stack", choices=[WHOLE_STACK, CURRENT_SLICE])
         self.tile_size = SpinBox(label="Tile size (0 = auto)", min=0, max=8192, step=64, value=0)
@@ -244,6 +242,7 @@ class _SegmentationWidget(Container):
             return None
         names = self._result_names(layer)  # fixed now, whatever the pickers say later
         if blocking:
+            import_torch(self.task == "instance")
             from ..core.predict import drain
 
             try:
@@ -256,6 +255,7 @@ class _SegmentationWidget(Container):
         from napari.qt.threading import create_worker
 
         def work():
+            import_torch(self.task == "instance")
             result = yield from self._make_generator(data, channel_axis)
             # features, boxes, geometry and new layers are built here, off the main thread
             return _with_built_layers(

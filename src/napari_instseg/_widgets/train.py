@@ -20,7 +20,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._common import wrapping_label
+from ._common import device_picker, import_torch, wrapping_label
 
 DEFAULT_OUTPUT = Path.home() / "napari-instseg-models" / "finetuned.safetensors"
 
@@ -50,7 +50,7 @@ class TrainWidget(Container):
             label="Validation fraction", min=0.05, max=0.9, step=0.05, value=0.2
         )
         self.annotated_only = CheckBox(text="Train only on the annotated region", value=True)
-        self.device = ComboBox(label="Device", choices=registry.available_devices(), value="auto")
+        self.device = device_picker()
         self.output = FileEdit(
             label="Save as", mode="w", filter="*.safetensors", value=str(DEFAULT_OUTPUT)
         )
@@ -168,6 +168,7 @@ class TrainWidget(Container):
 
     # --- training ----------------------------------------------------------------------
     def _work(self):
+        import_torch()
         import torch
 
         from ..core import finetune

@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from ..files import atomic_write
 from ..types import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that handle weights: reading a
+# checkpoint's metadata (the widgets' model lists) must not wait 1-2 s for it.
 
 METADATA_KEY = "napari_instseg"
 FORMAT_VERSION = 1
@@ -33,6 +38,8 @@ def save_checkpoint(
     ``half_precision`` stores floating-point weights as float16 (halves the
     size; the loader casts back to float32).
     """
+    from safetensors.torch import save_file
+
     path = Path(path)
     tensors = {}
     for key, value in state_dict.items():
@@ -53,7 +60,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     try:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelError(f"{path}: not a readable safetensors checkpoint ({err})") from None
@@ -70,6 +77,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Weights (float32) and metadata of a checkpoint written by ``save_checkpoint``."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     metadata = read_metadata(path)
     try:

@@ -7,9 +7,9 @@ The file is a pickle, so it is read with ``weights_only=True`` (tensors only).
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-
-import torch
 
 from ..types import ModelError
 
@@ -17,7 +17,20 @@ COCO_URL = "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0
 
 
 def coco_weights_file() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(COCO_URL).name
+    return torch_hub_dir() / "checkpoints" / Path(COCO_URL).name
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()``, without importing torch when it is not loaded yet
+    (the widgets ask whether the weights exist when they open). Until torch is
+    imported, nobody can have called ``torch.hub.set_dir``, so torch's
+    documented default applies: $TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub."""
+    if "torch" in sys.modules:
+        import torch
+
+        return Path(torch.hub.get_dir())
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))) / "hub"
 
 
 def coco_metadata() -> dict:
@@ -38,6 +51,8 @@ def coco_metadata() -> dict:
 
 
 def coco_maskrcnn_weights() -> tuple[dict, dict]:
+    import torch
+
     path = coco_weights_file()
     if not path.exists():
         try:

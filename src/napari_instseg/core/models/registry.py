@@ -14,12 +14,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..types import ModelError
 from . import checkpoint
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported by the functions that need it (1-2 s): the widgets list
+# models and read their stored settings when they open, without it.
 
 SEMANTIC, INSTANCE = "semantic", "instance"
 
@@ -236,6 +241,8 @@ def models_for_task(task: str) -> list[tuple[str, bool]]:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     device = (device or "auto").lower()
@@ -257,6 +264,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def available_devices() -> list[str]:
+    import torch
+
     devices = ["auto", "cpu"]
     if torch.cuda.is_available():
         devices.append("cuda")

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,18 @@ def test_batchnorm_folding_keeps_predictions(tmp_path):
     )
     loaded = load_model(path, "cpu")
     assert loaded.predictor is loaded.inference_module is not None
+
+
+@pytest.mark.parametrize("variable", ["TORCH_HOME", "XDG_CACHE_HOME"])
+def test_torch_hub_folder_is_found_before_torch_is_imported(tmp_path, monkeypatch, variable):
+    """The widgets ask whether the COCO weights exist before torch has loaded:
+    the folder must be the one torch will use."""
+    import sys
+
+    from napari_instseg.core.models.coco import torch_hub_dir
+
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv(variable, str(tmp_path))
+    expected = Path(torch.hub.get_dir())
+    monkeypatch.delitem(sys.modules, "torch")  # as before the first import
+    assert torch_hub_dir() == expected

@@ -187,8 +187,6 @@ def test_validation_margin_counts_objects_not_ignored_pixels():
 
 
 def test_unannotated_regions_count_neither_objects_nor_errors():
-    from napari_instseg.core.train import scoreable
-
     labels = np.zeros((40, 40), np.int32)
     labels[2:10, 2:10] = 1
     labels[20:, 20:] = 99  # not annotated
@@ -199,5 +197,5 @@ def test_unannotated_regions_count_neither_objects_nor_errors():
     pred[2:10, 2:10] = 1
     pred[25:30, 25:30] = 2  # inside the unannotated region: neither right nor wrong
     pred[12:16, 2:6] = 3  # a false positive
-    truth, kept = scoreable(sample, pred)
+    truth, kept = sample.scoreable(pred)
     assert set(np.unique(truth)) == {0, 1} and set(np.unique(kept)) == {0, 1, 3}

@@ -39,6 +39,15 @@ class AnnotatedImage:
         not_objects = [0] if self.ignore_value is None else [0, self.ignore_value]
         return len(np.setdiff1d(np.unique(self.labels), not_objects))
 
+    def scoreable(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Truth and a prediction to compare: where the image is not annotated
+        (the ignore value), truth has no objects, and predicted objects lying
+        mostly there are dropped (neither right nor wrong)."""
+        if self.ignore_value is None:
+            return self.labels, pred
+        ignored = self.labels == self.ignore_value
+        return np.where(ignored, 0, self.labels), _without_objects_in(pred, ignored)
+
     @classmethod
     def create(
         cls,
@@ -252,3 +261,12 @@ def _pad_to(image: np.ndarray, labels: np.ndarray, size: int):
         image = np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)))
         labels = np.pad(labels, ((0, pad_y), (0, pad_x)))
     return image[:size, :size], labels[:size, :size]
+
+
+def _without_objects_in(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``labels`` without the objects lying mostly inside ``region``."""
+    inside = np.bincount(labels[region].ravel(), minlength=int(labels.max()) + 1)
+    total = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
+    drop = inside * 2 > total
+    drop[0] = False
+    return np.where(drop[labels], 0, labels)

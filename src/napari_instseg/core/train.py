@@ -203,7 +203,7 @@ def validate(
                 pred = pred.instances.labels
             else:
                 pred = segment_instances(sample.image, loaded).labels
-            counts = match_counts(*scoreable(sample, pred), thresholds)
+            counts = match_counts(*sample.scoreable(pred), thresholds)
             total = counts if total is None else total + counts
     finally:
         module.train(was_training)
@@ -213,25 +213,6 @@ def validate(
 
 
 LOG_COLUMNS = ["iteration", "loss", "lr", "score", "ap50", "ap75", "seconds"]
-
-
-def scoreable(sample: AnnotatedImage, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Truth and prediction to compare: where the sample is not annotated (its
-    ignore value), truth has no objects and predictions there are dropped."""
-    if sample.ignore_value is None:
-        return sample.labels, pred
-    ignored = sample.labels == sample.ignore_value
-    return np.where(ignored, 0, sample.labels), _without_objects_in(pred, ignored)
-
-
-def _without_objects_in(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """``labels`` without the objects lying mostly inside ``region`` (not
-    annotated: a detection there is neither right nor wrong)."""
-    inside = np.bincount(labels[region].ravel(), minlength=int(labels.max()) + 1)
-    total = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)
-    drop = inside * 2 > total
-    drop[0] = False
-    return np.where(drop[labels], 0, labels)
 
 
 class Trainer:

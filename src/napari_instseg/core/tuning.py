@@ -13,7 +13,6 @@ from .data import AnnotatedImage
 from .metrics import match_counts
 from .models.registry import LoadedModel
 from .postprocess import instances_from_classes
-from .train import scoreable
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 MIN_SIZES = (4, 8, 16, 24)
@@ -51,7 +50,7 @@ def sweep_postprocess(
                     seed_probability=probability,
                     seed_threshold=seed,
                 )
-                counts = match_counts(*scoreable(sample, labels), [0.5, 0.75])
+                counts = match_counts(*sample.scoreable(labels), [0.5, 0.75])
                 key = (seed, min_size)
                 totals[key] = counts if key not in totals else totals[key] + counts
     finally:
@@ -83,7 +82,7 @@ def sweep_score_threshold(
         for threshold in thresholds:
             kept = result.label_ids[result.scores >= threshold]
             labels = np.where(np.isin(result.labels, kept), result.labels, 0)
-            counts = match_counts(*scoreable(sample, labels), [0.5, 0.75])
+            counts = match_counts(*sample.scoreable(labels), [0.5, 0.75])
             totals[threshold] = counts if threshold not in totals else totals[threshold] + counts
     return {threshold: counts.summary()["ap"] for threshold, counts in totals.items()}
 

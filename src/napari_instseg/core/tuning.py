@@ -58,9 +58,14 @@ def sweep_postprocess(
     return {key: counts.summary()["ap"] for key, counts in totals.items()}
 
 
+def _highest_ap_sum(scores: dict) -> object:
+    """The key whose AP50 + AP75 is highest: the one rule for choosing settings."""
+    return max(scores, key=lambda key: sum(scores[key]))
+
+
 def best_postprocess(scores: dict[tuple[float, int], list[float]]) -> dict:
     """The setting with the highest AP50 + AP75, as ``ModelInfo.postprocess`` keys."""
-    seed, min_size = max(scores, key=lambda key: sum(scores[key]))
+    seed, min_size = _highest_ap_sum(scores)
     return {"seed_threshold": seed, "min_size": min_size}
 
 
@@ -89,4 +94,4 @@ def sweep_score_threshold(
 
 def best_score_threshold(scores: dict[float, list[float]]) -> dict:
     """The threshold with the highest AP50 + AP75, as a ``ModelInfo.postprocess`` key."""
-    return {"score_threshold": max(scores, key=lambda threshold: sum(scores[threshold]))}
+    return {"score_threshold": _highest_ap_sum(scores)}

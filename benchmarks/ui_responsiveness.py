@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_instseg._widgets._common import _torch_devices, _torch_import
+    from napari_instseg._widgets._common import torch_loaded_in_background
     from napari_instseg.core.models.registry import bundled_weights_path
 
     viewer = napari.Viewer()
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
         "napari-instseg", "Instance segmentation (Mask R-CNN)"
     )
     opened = time.perf_counter()
-    while not _torch_devices or _torch_import.locked():
+    while not torch_loaded_in_background():
         # torch loads in the background once the widget is up
         app.processEvents()
         time.sleep(0.001)

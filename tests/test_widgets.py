@@ -32,9 +32,9 @@ _, widget = viewer.window.add_plugin_dock_widget(
     "napari-instseg", "Instance segmentation (Mask R-CNN)")
 print("torch when open:", "torch" in sys.modules)
 deadline = time.monotonic() + 120
-from napari_instseg._widgets._common import _torch_devices, _torch_import
+from napari_instseg._widgets._common import torch_loaded_in_background
 from napari_instseg.core.models.registry import available_devices
-while (not _torch_devices or _torch_import.locked()) and time.monotonic() < deadline:
+while not torch_loaded_in_background() and time.monotonic() < deadline:
     QApplication.processEvents()
     time.sleep(0.01)
 print("loaded in the background:", "torchvision.models.detection" in sys.modules)

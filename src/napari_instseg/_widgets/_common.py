@@ -61,6 +61,11 @@ def load_torch_in_background(detection: bool = False) -> threading.Thread:
 _torch_devices: list[str] = []  # the devices torch can use, once it has loaded
 
 
+def torch_loaded_in_background() -> bool:
+    """Whether a background import has finished (benchmarks and tests wait on it)."""
+    return bool(_torch_devices) and not _torch_import.locked()
+
+
 def import_torch(detection: bool = False) -> list[str]:
     """Import torch, and torchvision's detection code when ``detection``, in the
     calling thread; returns the devices torch can use. One thread at a time:

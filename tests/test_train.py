@@ -60,12 +60,17 @@ def test_unet_trainer_runs_saves_and_resumes(tmp_path):
     best = load_model(tmp_path / "best.safetensors", "cpu")
     assert best.info.training["iteration"] == 2 and "ap50" in best.info.training["validation"]
 
+    # a run killed after logging iteration 3 but before saving its state there
+    with (tmp_path / "log.csv").open("a") as f:
+        f.write("3,0.5,0.001,,,,1.0\n")
     fresh = LoadedModel(build_model(info), info, torch.device("cpu"))
     resumed = UNetTrainer(fresh, samples, samples[:1], _config(3), tmp_path)
     assert resumed.resume() and resumed.state.iteration == 2
     assert drain(resumed.run()).iteration == 3
     log = (tmp_path / "log.csv").read_text().splitlines()
-    assert log[0] == "iteration,loss,lr,score,ap50,ap75,seconds" and len(log) == 4
+    assert log[0] == "iteration,loss,lr,score,ap50,ap75,seconds"
+    assert [row.split(",")[0] for row in log[1:]] == ["1", "2", "3"]
+    assert log[-1] != "3,0.5,0.001,,,,1.0"  # the redone iteration replaced the orphan
 
 
 @pytest.mark.parametrize("cpu_bfloat16", [False, True])

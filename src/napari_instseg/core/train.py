@@ -318,7 +318,25 @@ class Trainer:
         self.loaded.module.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.state = TrainState(**saved["state"])
+        self._forget_logged_after(self.state.iteration)
         return True
+
+    def _forget_logged_after(self, iteration: int) -> None:
+        """Drop log rows for iterations after the saved state: the resumed run
+        redoes them, and duplicate iterations would confuse any plot of the log."""
+        if not self.log_path.exists():
+            return
+        with self.log_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept = [row for row in rows if int(row["iteration"]) <= iteration]
+        if len(kept) == len(rows):
+            return
+        tmp = self.log_path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(self.log_path)
 
     def save_model(self, path: Path, scores: dict) -> None:
         info = self.loaded.info

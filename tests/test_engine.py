@@ -331,21 +331,23 @@ def test_bfloat16_and_float32_agree(tiny_unet_path, monkeypatch):
 
 
 def test_masks_are_pasted_where_their_fractional_box_lies():
-    # left half of the heads' 28x28 mask is on; the box spans x 10.3..20.3
+    # left half of the heads' 28x28 mask is on; the box spans x 10.3..20.3, y 4.6..14.6.
+    # Masks are trained on roi_align(aligned=False) crops, which read pixel j at
+    # coordinate j: pixels 11..15 lie in the box's left half, 10 before the box.
     mask = np.zeros((28, 28), np.float32)
     mask[:, :14] = 1
     labels = np.zeros((40, 40), np.int32)
-    painted = predict._paste(labels, mask, np.array([10.3, 5.0, 20.3, 15.0]), 7)
-    # pixel centres 10.5..14.5 fall in the box's left half; 15.5 lies past it.
-    # Stretching the mask over the whole pixels 10..20 painted column 15 too.
-    assert np.flatnonzero(labels[10] == 7).tolist() == [10, 11, 12, 13, 14]
+    painted = predict._paste(labels, mask, np.array([10.3, 4.6, 20.3, 14.6]), 7)
+    assert np.flatnonzero(labels[10] == 7).tolist() == [11, 12, 13, 14, 15]
     assert np.flatnonzero(labels[:, 12] == 7).tolist() == list(range(5, 15))
     assert painted == 50
 
 
 def test_pasting_clips_boxes_at_the_image_edge():
     labels = np.zeros((20, 20), np.int32)
-    painted = predict._paste(
-        labels, np.ones((28, 28), np.float32), np.array([-3.5, 15.2, 4.5, 24]), 1
-    )
-    assert painted == labels.sum() and labels[15:, :4].all() and not labels[:15].any()
+    box = np.array([-3.5, 15.2, 4.5, 24])
+    painted = predict._paste(labels, np.ones((28, 28), np.float32), box, 1)
+    expected = np.zeros_like(labels)
+    expected[16:, :5] = 1
+    np.testing.assert_array_equal(labels, expected)
+    assert painted == expected.sum()

@@ -496,20 +496,22 @@ def _detect(
 def _paste(labels: np.ndarray, mask: np.ndarray, box: np.ndarray, label_id: int) -> int:
     """Paint a heads-resolution mask resampled into its box; returns pixels painted.
 
-    Each pixel centre is mapped to its exact place in the (fractional) box, as
-    detectron2 pastes masks. Stretching the mask over the box rounded out to
-    whole pixels shifted and grew small nuclei by up to a pixel a side, which
-    cost 0.026 AP75 on the gray val images.
+    Each pixel is sampled at its exact place in the (fractional) box, where
+    the training targets put it: torchvision cuts them from the annotation with
+    ``roi_align(aligned=False)``, which reads pixel j at coordinate j (not at
+    its centre j + 0.5). Stretching the mask over the box rounded out to whole
+    pixels instead shifted and grew small nuclei by up to a pixel a side, which
+    cost 0.048 AP75 on the gray val images.
     """
     height, width = labels.shape
     bx0, by0, bx1, by1 = (float(v) for v in box)
     y0, x0 = max(0, int(np.floor(by0))), max(0, int(np.floor(bx0)))
-    y1, x1 = min(height, int(np.ceil(by1))), min(width, int(np.ceil(bx1)))
+    y1, x1 = min(height, int(np.ceil(by1)) + 1), min(width, int(np.ceil(bx1)) + 1)
     if y1 <= y0 or x1 <= x0:
         return 0
-    # pixel centres in grid_sample's [-1, 1] box coordinates (align_corners=False)
-    ys = (torch.arange(y0, y1, dtype=torch.float32) + 0.5 - by0) / max(by1 - by0, 1e-3) * 2 - 1
-    xs = (torch.arange(x0, x1, dtype=torch.float32) + 0.5 - bx0) / max(bx1 - bx0, 1e-3) * 2 - 1
+    # pixel coordinates in grid_sample's [-1, 1] box coordinates (align_corners=False)
+    ys = (torch.arange(y0, y1, dtype=torch.float32) - by0) / max(by1 - by0, 1e-3) * 2 - 1
+    xs = (torch.arange(x0, x1, dtype=torch.float32) - bx0) / max(bx1 - bx0, 1e-3) * 2 - 1
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
     resampled = F.grid_sample(
         torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None],

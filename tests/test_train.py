@@ -9,7 +9,13 @@ from napari_instseg import load_model
 from napari_instseg.core.data import AnnotatedImage, unet_targets
 from napari_instseg.core.models.registry import LoadedModel, build_model
 from napari_instseg.core.predict import drain
-from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer, detection_target
+from napari_instseg.core.train import (
+    MaskRCNNTrainer,
+    TrainConfig,
+    UNetTrainer,
+    detection_target,
+    validate,
+)
 from napari_instseg.core.types import Cancelled
 
 
@@ -204,3 +210,14 @@ def test_unannotated_regions_count_neither_objects_nor_errors():
     pred[12:16, 2:6] = 3  # a false positive
     truth, kept = sample.scoreable(pred)
     assert set(np.unique(truth)) == {0, 1} and set(np.unique(kept)) == {0, 1, 3}
+
+
+def test_validation_reads_one_channel_samples_as_one_image():
+    # (Y, X, 1) is how AnnotatedImage stores gray images: not a stack of Y rows
+    info = tiny_unet_info()
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    image, labels = disc_image((64, 64), [(20, 20), (44, 40)], 6)
+    sample = AnnotatedImage.create("gray", image, labels, {"low": 1.0, "high": 99.8})
+    assert sample.image.shape == (64, 64, 1)
+    scores = validate(loaded, [sample])
+    assert 0.0 <= scores["ap50"] <= 1.0

@@ -160,7 +160,9 @@ def semantic_mean_iou(loaded: LoadedModel, samples: Sequence[AnnotatedImage]) ->
     n = len(loaded.info.class_names)
     confusion = np.zeros((n, n), np.int64)
     for sample in samples:
-        pred = segment_semantic(sample.image, loaded, return_probabilities=False).classes
+        pred = segment_semantic(
+            sample.image, loaded, channel_axis=-1, return_probabilities=False
+        ).classes
         valid = sample.labels < n
         if sample.ignore_value is not None:
             valid &= sample.labels != sample.ignore_value
@@ -199,10 +201,12 @@ def validate(
     try:
         for sample in samples:
             if loaded.info.task == "semantic":
-                pred = segment_semantic(sample.image, loaded, return_probabilities=False)
+                pred = segment_semantic(
+                    sample.image, loaded, channel_axis=-1, return_probabilities=False
+                )
                 pred = pred.instances.labels
             else:
-                pred = segment_instances(sample.image, loaded).labels
+                pred = segment_instances(sample.image, loaded, channel_axis=-1).labels
             counts = match_counts(*sample.scoreable(pred), thresholds)
             total = counts if total is None else total + counts
     finally:

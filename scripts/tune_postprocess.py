@@ -1,6 +1,6 @@
 """Choose a bundled model's post-processing on training images, never on
 val, and store it in the checkpoint's metadata: the U-Net's seed threshold
-and minimum size, or the Mask R-CNN's score threshold.
+and minimum size, or the Mask R-CNN's score and mask thresholds.
 
     python scripts/tune_postprocess.py RUN_DIR/best.safetensors [--images 80] [--write]
 
@@ -23,10 +23,10 @@ from napari_instseg import load_model
 from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.models import checkpoint
 from napari_instseg.core.tuning import (
+    best_detection_thresholds,
     best_postprocess,
-    best_score_threshold,
+    sweep_detection_thresholds,
     sweep_postprocess,
-    sweep_score_threshold,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
@@ -56,11 +56,12 @@ def main(argv=None) -> int:
         for row in rows
     ]
     if model.info.architecture == "maskrcnn":
-        by_threshold = sweep_score_threshold(model, samples)
-        best = best_score_threshold(by_threshold)
-        for threshold, (ap50, ap75) in sorted(by_threshold.items()):
-            mark = " <- best" if threshold == best["score_threshold"] else ""
-            print(f"score threshold {threshold:.2f}: AP50 {ap50:.3f} AP75 {ap75:.3f}{mark}")
+        by_threshold = sweep_detection_thresholds(model, samples)
+        best = best_detection_thresholds(by_threshold)
+        for (score, mask), (ap50, ap75) in sorted(by_threshold.items()):
+            chosen = best == {"score_threshold": score, "mask_threshold": mask}
+            mark = " <- best" if chosen else ""
+            print(f"score {score:.2f} mask {mask:.2f}: AP50 {ap50:.3f} AP75 {ap75:.3f}{mark}")
     else:
         scores = sweep_postprocess(model, samples)
         best = best_postprocess(scores)

@@ -351,3 +351,20 @@ def test_pasting_clips_boxes_at_the_image_edge():
     expected[16:, :5] = 1
     np.testing.assert_array_equal(labels, expected)
     assert painted == expected.sum()
+
+
+def test_mask_threshold_defaults_to_the_models_own(oracle_detector, tiny_maskrcnn_path, tmp_path):
+    from napari_instseg.core.models import checkpoint
+
+    state, metadata = checkpoint.load_checkpoint(tiny_maskrcnn_path)
+    metadata.pop("format_version")
+    metadata["postprocess"] = {"mask_threshold": 0.9}
+    tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
+    image, truth = disc_image((96, 96), [(30, 30), (60, 65)], 9)
+    default = segment_instances(image, tuned)
+    explicit = segment_instances(image, tuned, mask_threshold=0.9)
+    loose = segment_instances(image, tuned, mask_threshold=0.1)
+    np.testing.assert_array_equal(default.labels, explicit.labels)
+    # the oracle's masks fade at their edges: a higher threshold paints less
+    assert len(default) == len(loose) == 2
+    assert (default.labels > 0).sum() < (truth > 0).sum() < (loose.labels > 0).sum()

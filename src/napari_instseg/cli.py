@@ -173,6 +173,7 @@ def cmd_predict(args) -> int:
                         image,
                         loaded,
                         score_threshold=args.score_threshold,
+                        mask_threshold=args.mask_threshold,
                         progress=report,
                         **kwargs,
                     )
@@ -378,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="Mask R-CNN detections to keep (default: the model's own, else 0.5)",
+    )
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="Mask R-CNN mask probability counted as inside (default: the model's own, else 0.5)",
     )
     p.add_argument(
         "--channel-axis",

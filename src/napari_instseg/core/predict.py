@@ -493,8 +493,11 @@ def _detect(
     return detections
 
 
-def _paste(labels: np.ndarray, mask: np.ndarray, box: np.ndarray, label_id: int) -> int:
-    """Paint a heads-resolution mask resampled into its box; returns pixels painted.
+def _paste(
+    labels: np.ndarray, mask: np.ndarray, box: np.ndarray, label_id: int, threshold: float = 0.5
+) -> int:
+    """Paint a heads-resolution mask resampled into its box where it is at least
+    ``threshold``; returns pixels painted.
 
     Each pixel is sampled at its exact place in the (fractional) box, where
     the training targets put it: torchvision cuts them from the annotation with
@@ -519,7 +522,7 @@ def _paste(labels: np.ndarray, mask: np.ndarray, box: np.ndarray, label_id: int)
         mode="bilinear",
         align_corners=False,
     )[0, 0].numpy()
-    on = resampled >= 0.5
+    on = resampled >= threshold
     labels[y0:y1, x0:x1][on] = label_id
     return int(on.sum())
 
@@ -532,6 +535,7 @@ def _instance_slice(
     tile_size: int,
     overlap: int,
     score_threshold: float,
+    mask_threshold: float,
 ) -> Generator[None, None, InstanceResult]:
     module = loaded.predictor
     device = loaded.device
@@ -562,21 +566,23 @@ def _instance_slice(
         np.concatenate(classes) if classes else np.zeros(0, np.int64),
         np.concatenate(masks) if masks else np.zeros((0, 28, 28)),
         loaded.info.class_names,
+        mask_threshold,
     )
 
 
 def _paint_instances(
-    shape, boxes, scores, classes, masks, class_names, min_visible: float = 0.5
+    shape, boxes, scores, classes, masks, class_names, mask_threshold=0.5, min_visible=0.5
 ) -> InstanceResult:
-    """Label image from scored masks: higher scores win overlaps, and an
-    instance left with less than ``min_visible`` of its mask is dropped."""
+    """Label image from scored masks (on where at least ``mask_threshold``):
+    higher scores win overlaps, and an instance left with less than
+    ``min_visible`` of its mask is dropped."""
     order = np.argsort(-scores, kind="stable")
     labels = np.zeros(shape, np.int32)
     painted = np.zeros(len(order) + 1, np.int64)
     # paint lowest score first so higher scores overwrite; id = rank by score
     for rank in range(len(order) - 1, -1, -1):
         k = order[rank]
-        painted[rank + 1] = _paste(labels, masks[k], boxes[k], rank + 1)
+        painted[rank + 1] = _paste(labels, masks[k], boxes[k], rank + 1, mask_threshold)
     visible = np.bincount(labels.ravel(), minlength=len(painted))
     drop = visible < np.maximum(1, min_visible * painted)
     drop[0] = False
@@ -599,12 +605,16 @@ def iter_segment_instances(
     overlap: int | None = None,
     rescale: float = 1.0,
     score_threshold: float | None = None,
+    mask_threshold: float | None = None,
 ) -> Generator[Progress, None, InstanceResult]:
     """Generator form of ``segment_instances``: yields Progress per tile."""
     loaded = load_model(model, device)
     _check_task(loaded, INSTANCE)
-    if score_threshold is None:  # the model's own (tuned on training images), else 0.5
+    # the model's own (tuned on training images), else the usual 0.5
+    if score_threshold is None:
         score_threshold = float(loaded.info.postprocess.get("score_threshold", 0.5))
+    if mask_threshold is None:
+        mask_threshold = float(loaded.info.postprocess.get("mask_threshold", 0.5))
     _check_dtype(image)
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
@@ -622,7 +632,9 @@ def iter_segment_instances(
         counter.announce(len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices))
 
         def run_slice(model, tile, overlap, reader=work_reader, lows=lows, highs=highs):
-            return _instance_slice(reader, model, lows, highs, tile, overlap, score_threshold)
+            return _instance_slice(
+                reader, model, lows, highs, tile, overlap, score_threshold, mask_threshold
+            )
 
         gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
         result = yield from counter.run(gen, "detecting in tiles")
@@ -791,11 +803,13 @@ def segment_instances(
     rescale: float = 1.0,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    mask_threshold: float | None = None,
 ) -> InstanceResult:
     """Instances (labels, boxes, scores, classes) of ``image`` with a Mask R-CNN
     model (or any instance model); arguments as in ``segment_semantic``, plus
-    ``score_threshold`` for detections (default: the one stored with the model,
-    else 0.5; default tile overlap: a quarter tile)."""
+    ``score_threshold`` for detections and ``mask_threshold`` for the mask
+    probabilities (defaults: those stored with the model, else 0.5; default
+    tile overlap: a quarter tile)."""
     return drain(
         iter_segment_instances(
             image,
@@ -806,6 +820,7 @@ def segment_instances(
             overlap=overlap,
             rescale=rescale,
             score_threshold=score_threshold,
+            mask_threshold=mask_threshold,
         ),
         progress,
         cancel,

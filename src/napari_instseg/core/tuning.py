@@ -39,7 +39,9 @@ def sweep_postprocess(
     totals: dict = {}
     try:
         for sample in samples:
-            result = segment_semantic(sample.image, loaded, return_probabilities=True)
+            result = segment_semantic(
+                sample.image, loaded, channel_axis=-1, return_probabilities=True
+            )
             probability = np.round(result.probabilities[interior] * 255).astype(np.uint8)
             for seed, min_size in itertools.product(seed_thresholds, min_sizes):
                 labels = instances_from_classes(
@@ -70,28 +72,43 @@ def best_postprocess(scores: dict[tuple[float, int], list[float]]) -> dict:
 
 
 SCORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MASK_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 
 
-def sweep_score_threshold(
-    loaded: LoadedModel, samples: Sequence[AnnotatedImage], thresholds=SCORE_THRESHOLDS
-) -> dict[float, list[float]]:
-    """AP at IoU 0.5 and 0.75 for each Mask R-CNN score threshold. One
-    prediction per image at the lowest threshold suffices: higher scores win
-    overlaps when instances are painted, so dropping the instances under a
-    threshold afterwards gives exactly what predicting at it would."""
+def sweep_detection_thresholds(
+    loaded: LoadedModel,
+    samples: Sequence[AnnotatedImage],
+    thresholds=SCORE_THRESHOLDS,
+    mask_thresholds=MASK_THRESHOLDS,
+) -> dict[tuple[float, float], list[float]]:
+    """AP at IoU 0.5 and 0.75 for each Mask R-CNN (score threshold, mask
+    threshold). One prediction per image and mask threshold, at the lowest
+    score threshold, suffices: higher scores win overlaps when instances are
+    painted, so dropping the instances under a threshold afterwards gives
+    exactly what predicting at it would."""
     from .predict import segment_instances
 
     totals: dict = {}
     for sample in samples:
-        result = segment_instances(sample.image, loaded, score_threshold=min(thresholds))
-        for threshold in thresholds:
-            kept = result.label_ids[result.scores >= threshold]
-            labels = np.where(np.isin(result.labels, kept), result.labels, 0)
-            counts = match_counts(*sample.scoreable(labels), [0.5, 0.75])
-            totals[threshold] = counts if threshold not in totals else totals[threshold] + counts
-    return {threshold: counts.summary()["ap"] for threshold, counts in totals.items()}
+        for mask_threshold in mask_thresholds:
+            result = segment_instances(
+                sample.image,
+                loaded,
+                channel_axis=-1,  # samples are (Y, X, C), gray ones too
+                score_threshold=min(thresholds),
+                mask_threshold=mask_threshold,
+            )
+            for threshold in thresholds:
+                kept = result.label_ids[result.scores >= threshold]
+                labels = np.where(np.isin(result.labels, kept), result.labels, 0)
+                counts = match_counts(*sample.scoreable(labels), [0.5, 0.75])
+                key = (threshold, mask_threshold)
+                totals[key] = counts if key not in totals else totals[key] + counts
+    return {key: counts.summary()["ap"] for key, counts in totals.items()}
 
 
-def best_score_threshold(scores: dict[float, list[float]]) -> dict:
-    """The threshold with the highest AP50 + AP75, as a ``ModelInfo.postprocess`` key."""
-    return {"score_threshold": _highest_ap_sum(scores)}
+def best_detection_thresholds(scores: dict[tuple[float, float], list[float]]) -> dict:
+    """The (score, mask) thresholds with the highest AP50 + AP75, as
+    ``ModelInfo.postprocess`` keys."""
+    score_threshold, mask_threshold = _highest_ap_sum(scores)
+    return {"score_threshold": score_threshold, "mask_threshold": mask_threshold}

@@ -387,7 +387,7 @@ def test_refreshing_or_hiding_a_result_does_not_count_as_an_edit(make_napari_vie
     assert not any(layer.name.endswith("[new]") for layer in viewer.layers)
 
 
-def test_instance_widget_shows_the_models_own_score_threshold(
+def test_instance_widget_shows_the_models_own_thresholds(
     make_napari_viewer, tiny_maskrcnn_path, tmp_path
 ):
     from napari_instseg._widgets.segment import InstanceSegmentationWidget
@@ -396,7 +396,9 @@ def test_instance_widget_shows_the_models_own_score_threshold(
 
     state, metadata = checkpoint.load_checkpoint(tiny_maskrcnn_path)
     metadata.pop("format_version")
-    metadata.update(name="tuned-maskrcnn", postprocess={"score_threshold": 0.35})
+    metadata.update(
+        name="tuned-maskrcnn", postprocess={"score_threshold": 0.35, "mask_threshold": 0.4}
+    )
     tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
     widget = InstanceSegmentationWidget(make_napari_viewer())
     # on opening, the bundled model's own threshold (tuned on its training images)
@@ -405,5 +407,10 @@ def test_instance_widget_shows_the_models_own_score_threshold(
     assert widget.score_threshold.value == pytest.approx(bundled)
     assert widget.load_checkpoint(tuned) == "tuned-maskrcnn"
     assert widget.score_threshold.value == pytest.approx(0.35)
+    assert widget.mask_threshold.value == pytest.approx(0.4)
+    assert widget._engine_kwargs() == pytest.approx(
+        {"score_threshold": 0.35, "mask_threshold": 0.4}
+    )
     assert widget.load_checkpoint(tiny_maskrcnn_path) == "tiny-maskrcnn"
     assert widget.score_threshold.value == pytest.approx(0.5)  # none stored: the usual 0.5
+    assert widget.mask_threshold.value == pytest.approx(0.5)

@@ -498,15 +498,26 @@ class InstanceSegmentationWidget(_SegmentationWidget):
         self.score_threshold = FloatSpinBox(
             label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5
         )
+        # lower paints each object larger, higher smaller
+        self.mask_threshold = FloatSpinBox(
+            label="Mask threshold", min=0.05, max=0.95, step=0.05, value=0.5
+        )
+        self.mask_threshold.tooltip = (
+            "Mask probability counted as inside an object: lower grows objects, higher shrinks them"
+        )
         self.show_scores = CheckBox(text="Show class and score on boxes", value=False)
-        return [self.score_threshold, self.show_scores]
+        return [self.score_threshold, self.mask_threshold, self.show_scores]
 
     def _show_model_defaults(self, postprocess):
-        # the threshold chosen for the model on its training images, else 0.5
+        # the thresholds chosen for the model on its training images, else 0.5
         self.score_threshold.value = float(postprocess.get("score_threshold", 0.5))
+        self.mask_threshold.value = float(postprocess.get("mask_threshold", 0.5))
 
     def _engine_kwargs(self):
-        return {"score_threshold": self.score_threshold.value}
+        return {
+            "score_threshold": self.score_threshold.value,
+            "mask_threshold": self.mask_threshold.value,
+        }
 
 
 class SemanticSegmentationWidget(_SegmentationWidget):

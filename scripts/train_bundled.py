@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
     parser.add_argument("--init", type=Path, help="start from this checkpoint's weights")
-    parser.add_argument("--sample-weighting", choices=["uniform", "area"], default="uniform")
+    parser.add_argument(
+        "--sample-weighting", choices=["uniform", "area", "balanced"], default="uniform"
+    )
     parser.add_argument(
         "--cpu-bfloat16",
         action="store_true",

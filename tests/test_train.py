@@ -142,6 +142,36 @@ def test_area_weighting_draws_large_images_more_often():
     assert 0.45 < sample_indices([small, large], config, np.random.default_rng(0)).mean() < 0.55
 
 
+def test_balanced_weighting_gives_rare_kinds_of_image_a_larger_share():
+    from napari_instseg.core.train import sample_indices
+
+    def sample(name, kind):
+        labels = np.zeros((32, 32), int)
+        labels[8:16, 8:16] = 1
+        image = np.full((32, 32, 3), 100, np.uint8)
+        image[labels > 0] = 200 if kind == "bright" else 20
+        if kind == "colour":
+            image[..., 2] = 0
+        return AnnotatedImage.create(name, image, labels, {"low": 1.0, "high": 99.8})
+
+    samples = [sample(f"b{i}", "bright") for i in range(16)] + [sample("d", "dark")]
+    samples += [sample(f"c{i}", "colour") for i in range(4)]
+    assert [s.kind for s in samples[15:18]] == [
+        "gray, bright objects",
+        "gray, dark objects",
+        "colour",
+    ]
+    config = TrainConfig(batch_size=20000, sample_weighting="balanced")
+    drawn = np.bincount(sample_indices(samples, config, np.random.default_rng(0)), minlength=21)
+    shares = np.array([drawn[:16].sum(), drawn[16], drawn[17:].sum()]) / config.batch_size
+    # kinds weigh 16 : 1 : 4 by area; balanced, sqrt(16) : sqrt(1) : sqrt(4)
+    np.testing.assert_allclose(shares, np.array([4, 1, 2]) / 7, atol=0.015)
+    assert drawn[:16].min() > 0.8 * drawn[:16].max()  # within a kind, still by area
+    config.sample_weighting = "area"
+    drawn = sample_indices(samples, config, np.random.default_rng(0))
+    assert abs((drawn == 16).mean() - 1 / 21) < 0.01
+
+
 def test_files_pair_by_stem_with_label_suffixes(tmp_path):
     from napari_instseg.core.data import paired_files
 

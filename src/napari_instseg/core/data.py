@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,28 @@ class AnnotatedImage:
     highs: np.ndarray
     instance_classes: dict[int, int] | None = None
     ignore_value: int | None = None
+
+    @cached_property
+    def kind(self) -> str:
+        """``colour``, ``gray, dark objects`` (brightfield) or ``gray, bright
+        objects`` (fluorescence): what the image looks like, for balancing
+        training draws between kinds of image."""
+        channels = self.image.shape[-1]
+        if any(
+            not np.array_equal(self.image[..., 0], self.image[..., c]) for c in range(1, channels)
+        ):
+            return "colour"
+        objects = self.labels > 0
+        if self.ignore_value is not None:
+            objects &= self.labels != self.ignore_value
+        intensity = self.image[..., 0]
+        if (
+            objects.any()
+            and not objects.all()
+            and intensity[objects].mean() < intensity[~objects].mean()
+        ):
+            return "gray, dark objects"
+        return "gray, bright objects"
 
     @property
     def object_count(self) -> int:

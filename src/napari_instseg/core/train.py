@@ -39,7 +39,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     clip_grad_norm: float = 10.0
-    sample_weighting: str = "uniform"  # or "area"
+    sample_weighting: str = "uniform"  # or "area" or "balanced" (see sample_indices)
     # Fine-tuning on a few images: keep BatchNorm's running statistics from the
     # base model (batches of one small domain would overwrite them) and train
     # only the weights.
@@ -79,15 +79,28 @@ def learning_rate_at(config: TrainConfig, iteration: int, time_fraction: float =
 
 
 def sample_indices(samples: Sequence[AnnotatedImage], config: TrainConfig, rng) -> np.ndarray:
-    """Which images the batch's crops come from. ``area`` weighting draws an
-    image with probability proportional to the square root of its area, so a
-    1024 x 1024 field (16 crops' worth of pixels) is drawn 4x as often as a
-    256 x 256 one instead of as rarely."""
-    if config.sample_weighting == "area":
-        areas = np.array([s.labels.size for s in samples], float)
-        weights = np.sqrt(areas) / np.sqrt(areas).sum()
-        return rng.choice(len(samples), config.batch_size, p=weights)
-    return rng.integers(0, len(samples), config.batch_size)
+    """Which images the batch's crops come from.
+
+    ``area`` draws an image with probability proportional to the square root
+    of its area, so a 1024 x 1024 field (16 crops' worth of pixels) is drawn 4x
+    as often as a 256 x 256 one instead of as rarely. ``balanced`` does that
+    within each kind of image (``AnnotatedImage.kind``) and gives each kind a
+    share proportional to the square root of its area weight: a rare kind
+    (13 gray brightfield images among 533 in DSB2018: 7% of area-weighted
+    draws, 18% balanced) is seen more often, the common kind still most.
+    """
+    if config.sample_weighting == "uniform":
+        return rng.integers(0, len(samples), config.batch_size)
+    weights = np.sqrt(np.array([s.labels.size for s in samples], float))
+    if config.sample_weighting == "balanced":
+        kinds = np.array([s.kind for s in samples])
+        for kind in np.unique(kinds):
+            of_kind = kinds == kind
+            total = weights[of_kind].sum()
+            weights[of_kind] *= np.sqrt(total) / total
+    elif config.sample_weighting != "area":
+        raise ValueError(f"unknown sample weighting {config.sample_weighting!r}")
+    return rng.choice(len(samples), config.batch_size, p=weights / weights.sum())
 
 
 def unet_batch(

@@ -402,9 +402,11 @@ def test_instance_widget_shows_the_models_own_thresholds(
     tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
     widget = InstanceSegmentationWidget(make_napari_viewer())
     # on opening, the bundled model's own threshold (tuned on its training images)
-    bundled = stored_postprocess("nuclei-maskrcnn")["score_threshold"]
-    assert widget.model.value == "nuclei-maskrcnn" and bundled != 0.5
-    assert widget.score_threshold.value == pytest.approx(bundled)
+    bundled = stored_postprocess("nuclei-maskrcnn")
+    bundled = (bundled["score_threshold"], bundled["mask_threshold"])
+    assert widget.model.value == "nuclei-maskrcnn" and bundled != (0.5, 0.5)
+    shown = (widget.score_threshold.value, widget.mask_threshold.value)
+    assert shown == pytest.approx(bundled)
     assert widget.load_checkpoint(tuned) == "tuned-maskrcnn"
     assert widget.score_threshold.value == pytest.approx(0.35)
     assert widget.mask_threshold.value == pytest.approx(0.4)

@@ -66,6 +66,26 @@ def test_predict_instances_with_maskrcnn_checkpoint(tmp_path, tiny_maskrcnn_path
     assert len(rows) == len(np.unique(labels)) - 1
 
 
+def test_predict_passes_both_detection_thresholds(tmp_path, tiny_maskrcnn_path, monkeypatch):
+    from napari_instseg.core import predict
+
+    seen = {}
+    segment = predict.segment_instances
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "segment_instances", spy)
+    tifffile.imwrite(tmp_path / "a.tif", np.random.rand(48, 48).astype(np.float32))
+    args = ["predict", str(tmp_path / "a.tif"), "--model", str(tiny_maskrcnn_path)]
+    assert main([*args, "-o", str(tmp_path)]) == 0
+    assert seen["score_threshold"] is None and seen["mask_threshold"] is None  # model's own
+    args += ["-o", str(tmp_path), "--score-threshold", "0.2", "--mask-threshold", "0.3"]
+    assert main(args) == 0
+    assert seen["score_threshold"] == 0.2 and seen["mask_threshold"] == 0.3
+
+
 def test_bad_inputs_are_one_line_errors_and_the_rest_still_runs(tmp_path, tiny_unet_path, capsys):
     tifffile.imwrite(tmp_path / "good.tif", np.random.rand(40, 40).astype(np.float32))
     (tmp_path / "broken.tif").write_bytes(b"II*\x00 not really a tiff")

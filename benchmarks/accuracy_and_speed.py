@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import git_commit, machine_description, median_time  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
-from napari_instseg.core.data import AnnotatedImage  # noqa: E402
+from napari_instseg.core.data import image_kind  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
 from napari_instseg.core.models.registry import bundled_weights_path  # noqa: E402
 from napari_instseg.core.predict import cpu_has_fast_bfloat16  # noqa: E402
@@ -93,8 +93,8 @@ def subsets_of(image: np.ndarray, truth: np.ndarray, gray: bool) -> tuple[str, .
     with bright nuclei (fluorescence alone), is shown beside it."""
     if not gray:
         return ("all",)
-    kind = AnnotatedImage.create("", image, truth, {"low": 1.0, "high": 99.8}).kind
-    return ("all", "gray", "gray-bright") if kind == "gray, bright objects" else ("all", "gray")
+    bright = image_kind(image, truth) == "gray, bright objects"
+    return ("all", "gray", "gray-bright") if bright else ("all", "gray")
 
 
 def accuracy(data: Path, methods: dict) -> dict:

@@ -36,25 +36,9 @@ class AnnotatedImage:
 
     @cached_property
     def kind(self) -> str:
-        """``colour``, ``gray, dark objects`` (brightfield) or ``gray, bright
-        objects`` (fluorescence): what the image looks like, for balancing
+        """What the image looks like (see ``image_kind``), for balancing
         training draws between kinds of image."""
-        channels = self.image.shape[-1]
-        if any(
-            not np.array_equal(self.image[..., 0], self.image[..., c]) for c in range(1, channels)
-        ):
-            return "colour"
-        objects = self.labels > 0
-        if self.ignore_value is not None:
-            objects &= self.labels != self.ignore_value
-        intensity = self.image[..., 0]
-        if (
-            objects.any()
-            and not objects.all()
-            and intensity[objects].mean() < intensity[~objects].mean()
-        ):
-            return "gray, dark objects"
-        return "gray, bright objects"
+        return image_kind(self.image, self.labels, self.ignore_value)
 
     @property
     def object_count(self) -> int:
@@ -284,6 +268,25 @@ def _pad_to(image: np.ndarray, labels: np.ndarray, size: int):
         image = np.pad(image, ((0, pad_y), (0, pad_x), (0, 0)))
         labels = np.pad(labels, ((0, pad_y), (0, pad_x)))
     return image[:size, :size], labels[:size, :size]
+
+
+def image_kind(image: np.ndarray, labels: np.ndarray, ignore_value: int | None = None) -> str:
+    """``colour``, ``gray, dark objects`` (brightfield) or ``gray, bright
+    objects`` (fluorescence) for a (Y, X, C) image and its instance labels."""
+    channels = image.shape[-1]
+    if any(not np.array_equal(image[..., 0], image[..., c]) for c in range(1, channels)):
+        return "colour"
+    objects = labels > 0
+    if ignore_value is not None:
+        objects &= labels != ignore_value
+    intensity = image[..., 0]
+    if (
+        objects.any()
+        and not objects.all()
+        and intensity[objects].mean() < intensity[~objects].mean()
+    ):
+        return "gray, dark objects"
+    return "gray, bright objects"
 
 
 def _without_objects_in(labels: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -368,3 +368,17 @@ def test_mask_threshold_defaults_to_the_models_own(oracle_detector, tiny_maskrcn
     # the oracle's masks fade at their edges: a higher threshold paints less
     assert len(default) == len(loose) == 2
     assert (default.labels > 0).sum() < (truth > 0).sum() < (loose.labels > 0).sum()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"score_threshold": 1.5}, "score threshold 1.5 must be between 0 and 1"),
+        ({"score_threshold": -0.1}, "score threshold -0.1 must be between 0 and 1"),
+        ({"mask_threshold": 0.0}, "mask threshold 0.0 must be above 0 and below 1"),
+        ({"mask_threshold": 1.0}, "mask threshold 1.0 must be above 0 and below 1"),
+    ],
+)
+def test_detection_thresholds_out_of_range_are_clear_errors(tiny_maskrcnn_path, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        segment_instances(np.random.rand(64, 64), tiny_maskrcnn_path, **kwargs)

@@ -444,6 +444,15 @@ def _stack_instances(
     )
 
 
+def _check_detection_thresholds(score_threshold: float, mask_threshold: float) -> None:
+    # masks are probabilities strictly between 0 and 1: at 0 every box would be
+    # painted whole, at 1 nothing would be painted
+    if not 0 <= score_threshold <= 1:
+        raise InputError(f"score threshold {score_threshold} must be between 0 and 1")
+    if not 0 < mask_threshold < 1:
+        raise InputError(f"mask threshold {mask_threshold} must be above 0 and below 1")
+
+
 def _check_tiling(tile_size: int, overlap: int) -> None:
     if tile_size < 32:
         raise InputError(f"tile size {tile_size} is too small (at least 32)")
@@ -615,6 +624,7 @@ def iter_segment_instances(
         score_threshold = float(loaded.info.postprocess.get("score_threshold", 0.5))
     if mask_threshold is None:
         mask_threshold = float(loaded.info.postprocess.get("mask_threshold", 0.5))
+    _check_detection_thresholds(score_threshold, mask_threshold)
     _check_dtype(image)
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)

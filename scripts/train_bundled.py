@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import json
 import subprocess
 import sys
 import time
@@ -47,12 +48,13 @@ DEFAULTS = {  # per model: iterations, batch size, learning rate, warm-up
 }
 
 
-def model_info(model: str) -> ModelInfo:
+def model_info(model: str, overrides: dict | None = None) -> ModelInfo:
+    """The bundled model's description, with ``overrides`` of its architecture."""
     if model == "unet":
         return ModelInfo(
             name="nuclei-unet",
             architecture="unet",
-            config=UNET_CONFIG,
+            config={**UNET_CONFIG, **(overrides or {})},
             class_names=["background", "nucleus", "boundary"],
             in_channels=3,
             normalization=NORMALIZATION,
@@ -60,15 +62,17 @@ def model_info(model: str) -> ModelInfo:
             description="U-Net (background/nucleus/boundary) for nuclei, trained on DSB2018",
             postprocess={"min_size": 8, "instance_class": "nucleus"},
         )
+    config = {**MASKRCNN_CONFIG, **(overrides or {})}
+    backbone = config["backbone"].replace("resnet", "ResNet-")
     return ModelInfo(
         name="nuclei-maskrcnn",
         architecture="maskrcnn",
-        config=MASKRCNN_CONFIG,
+        config=config,
         class_names=["background", "nucleus"],
         in_channels=3,
         normalization=NORMALIZATION,
         tile_size=512,
-        description="Mask R-CNN (ResNet-18-FPN) for nuclei, trained on DSB2018",
+        description=f"Mask R-CNN ({backbone}-FPN) for nuclei, trained on DSB2018",
     )
 
 
@@ -81,6 +85,21 @@ def load_split(data: Path, split: str, limit: int | None = None) -> list[Annotat
         labels = tifffile.imread(data / split / "masks" / f"{row['id']}.tif")
         samples.append(AnnotatedImage.create(row["id"], image, labels, NORMALIZATION))
     return samples
+
+
+def parse_config_overrides(pairs: list[str]) -> dict:
+    """``["backbone=resnet34", "box_head_size=512"]`` as a dict; values are read
+    as JSON where they parse (numbers, lists), else kept as strings."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--config expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def git_commit() -> str:
@@ -117,6 +136,14 @@ def main(argv=None) -> int:
         help="U-Net: bfloat16 autocast on CPUs with native bfloat16 (about 1.5x faster)",
     )
     parser.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change the architecture, e.g. backbone=resnet34 box_head_size=512 "
+        "(keys of the model's builder; values are JSON)",
+    )
+    parser.add_argument(
         "--install",
         action="store_true",
         help="only copy RUN_DIR/best.safetensors into the package (fp16)",
@@ -146,11 +173,16 @@ def main(argv=None) -> int:
         cpu_bfloat16=args.cpu_bfloat16,
     )
     config.augment.crop_size = args.crop_size
-    info = model_info(args.model)
+    info = model_info(args.model, parse_config_overrides(args.config))
     module = build_model(info)
     if args.init:  # continue from earlier weights with a fresh optimiser and schedule
         state, init_metadata = checkpoint.load_checkpoint(args.init)
-        module.load_state_dict(state)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError:
+            raise SystemExit(
+                f"{args.init}: its weights do not fit this architecture (check --config)"
+            ) from None
         info.postprocess = init_metadata.get("postprocess", info.postprocess)
     module = module.to(device)
     loaded = LoadedModel(module, info, device)

@@ -102,6 +102,19 @@ def parse_config_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def load_fitting_weights(module, state: dict, allow_fresh: bool) -> list[str] | None:
+    """Load ``state`` into ``module``. Tensors missing from ``state`` or shaped
+    differently (layers that ``--config`` changed) keep their random start when
+    ``allow_fresh``; their names are returned. None when some do not fit and
+    ``allow_fresh`` is False (nothing is loaded then)."""
+    own = module.state_dict()
+    fresh = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if fresh and not allow_fresh:
+        return None
+    module.load_state_dict({k: state[k] for k in own if k not in fresh}, strict=False)
+    return fresh
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(
@@ -177,12 +190,13 @@ def main(argv=None) -> int:
     module = build_model(info)
     if args.init:  # continue from earlier weights with a fresh optimiser and schedule
         state, init_metadata = checkpoint.load_checkpoint(args.init)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError:
+        fresh = load_fitting_weights(module, state, allow_fresh=bool(args.config))
+        if fresh is None:
             raise SystemExit(
                 f"{args.init}: its weights do not fit this architecture (check --config)"
-            ) from None
+            )
+        if fresh:
+            print(f"--init: {len(fresh)} tensors start fresh: {', '.join(fresh)}")
         info.postprocess = init_metadata.get("postprocess", info.postprocess)
     module = module.to(device)
     loaded = LoadedModel(module, info, device)

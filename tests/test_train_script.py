@@ -4,10 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from train_bundled import model_info, parse_config_overrides  # noqa: E402
+from train_bundled import load_fitting_weights, model_info, parse_config_overrides  # noqa: E402
 
 from napari_instseg.core.models.registry import build_model  # noqa: E402
 from napari_instseg.core.types import ModelError  # noqa: E402
@@ -37,3 +39,22 @@ def test_override_reaches_the_built_model_and_its_description():
 def test_unknown_override_key_names_the_architecture():
     with pytest.raises(ModelError, match="does not fit maskrcnn"):
         build_model(model_info("maskrcnn", {"no_such_setting": 1}))
+
+
+def test_init_weights_load_where_they_fit_and_the_changed_layers_start_fresh():
+    torch.manual_seed(0)
+    old = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    new = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2), nn.Linear(2, 2))
+    wider = nn.Sequential(nn.Linear(4, 16), nn.Linear(16, 2))
+    start = wider.state_dict()["0.weight"].clone()
+
+    assert load_fitting_weights(new, old.state_dict(), allow_fresh=True) == ["2.weight", "2.bias"]
+    assert torch.equal(new[0].weight, old[0].weight)
+    assert torch.equal(new[1].bias, old[1].bias)
+
+    # without --config a misfit is refused and nothing is loaded
+    assert load_fitting_weights(wider, old.state_dict(), allow_fresh=False) is None
+    assert torch.equal(wider[0].weight, start)
+    fresh = load_fitting_weights(wider, old.state_dict(), allow_fresh=True)
+    assert fresh == ["0.weight", "0.bias", "1.weight"]
+    assert torch.equal(wider[1].bias, old[1].bias)

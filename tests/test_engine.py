@@ -55,7 +55,7 @@ def _oracle_detect(module, batch, sizes, score_threshold=0.0):
 
     detections = []
     for i, (h, w) in enumerate(sizes):
-        fg = batch[i, 0, :h, :w].numpy() > 0.5
+        fg = batch[i, 0, :h, :w].float().cpu().numpy() > 0.5
         comps, n = ndimage.label(fg)
         boxes, masks = [], []
         for k, sl in enumerate(ndimage.find_objects(comps), start=1):

@@ -15,6 +15,7 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -87,6 +88,13 @@ def load_split(data: Path, split: str, limit: int | None = None) -> list[Annotat
     return samples
 
 
+def default_data_workers(device: torch.device) -> int:
+    """Beside a GPU, batch making is the bottleneck; on a CPU the cores are the model's."""
+    if device.type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
 def parse_config_overrides(pairs: list[str]) -> dict:
     """``["backbone=resnet34", "box_head_size=512"]`` as a dict; values are read
     as JSON where they parse (numbers, lists), else kept as strings."""
@@ -135,7 +143,21 @@ def main(argv=None) -> int:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this much training time; the learning-rate decay then "
+        "follows the time spent (for a fixed lease on a GPU machine)",
+    )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=None,
+        help="processes making batches ahead of the training loop "
+        "(default: 0 on a CPU, whose cores train; up to 8 beside a GPU)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use only N images (smoke test)")
@@ -184,6 +206,10 @@ def main(argv=None) -> int:
         seed=args.seed,
         sample_weighting=args.sample_weighting,
         cpu_bfloat16=args.cpu_bfloat16,
+        max_minutes=args.max_minutes,
+        data_workers=(
+            default_data_workers(device) if args.data_workers is None else args.data_workers
+        ),
     )
     config.augment.crop_size = args.crop_size
     info = model_info(args.model, parse_config_overrides(args.config))

@@ -251,3 +251,32 @@ def test_validation_reads_one_channel_samples_as_one_image():
     assert sample.image.shape == (64, 64, 1)
     scores = validate(loaded, [sample])
     assert 0.0 <= scores["ap50"] <= 1.0
+
+
+def test_data_workers_give_the_same_batches_and_run(tmp_path):
+    info = tiny_unet_info()
+    losses = {}
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+        config = _config(4)
+        config.data_workers = workers
+        trainer = UNetTrainer(loaded, _samples(), [], config, tmp_path / str(workers))
+        first = next(trainer._batches(2))
+        direct = trainer.batch(np.random.default_rng([config.seed, 2]))
+        assert all(torch.equal(a, b) for a, b in zip(first, direct))
+        assert drain(trainer.run()).iteration == 4
+        log = (tmp_path / str(workers) / "log.csv").read_text().splitlines()[1:]
+        losses[workers] = [row.split(",")[1] for row in log]
+    assert losses[0] == losses[2]
+
+
+def test_data_workers_stop_with_a_cancelled_run(tmp_path):
+    info = tiny_maskrcnn_info(tile_size=64)
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    config = _config(50)
+    config.data_workers = 2
+    trainer = MaskRCNNTrainer(loaded, _samples(2), [], config, tmp_path)
+    with pytest.raises(Cancelled):
+        drain(trainer.run(), cancel=lambda: trainer.state.iteration >= 2)
+    assert trainer.state.iteration == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import time
@@ -54,6 +55,13 @@ class TrainConfig:
     # predict.cpu_has_fast_bfloat16), for models whose trainer allows it. GPUs
     # always train in bfloat16 autocast.
     cpu_bfloat16: bool = False
+    # Processes that make the upcoming batches (crops, augmentation, targets)
+    # while the model trains; 0 makes each in the loop. Beside a GPU the loop
+    # otherwise waits for them: 16 Mask R-CNN crops of 384 px take 0.35 s to
+    # make on one EPYC core, and an iteration on an H200 took 0.69 s in all.
+    # Batches are a function of (seed, iteration) alone, so runs are identical
+    # with any number of workers.
+    data_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -282,8 +290,29 @@ class Trainer:
                 if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
                     layer.eval()
 
-    def batch(self, rng: np.random.Generator):
+    def batch_maker(self) -> Callable[[np.random.Generator], tuple]:
+        """A picklable function making one batch from a random generator."""
         raise NotImplementedError
+
+    def batch(self, rng: np.random.Generator):
+        return self.batch_maker()(rng)
+
+    def _batches(self, first: int) -> Iterator[tuple]:
+        """Batches for iterations ``first``, ``first + 1``, ... of this run."""
+        config = self.config
+        make = self.batch_maker()
+        if config.data_workers <= 0:
+            for it in range(first, config.iterations):
+                yield make(np.random.default_rng([config.seed, it]))
+            return
+        loader = torch.utils.data.DataLoader(
+            _IterationBatches(make, config.seed, first, config.iterations),
+            batch_size=None,
+            num_workers=config.data_workers,
+            worker_init_fn=_one_thread,
+            pin_memory=self.loaded.device.type == "cuda",
+        )
+        yield from loader
 
     def _autocast(self):
         """Mixed precision: bfloat16 (no loss scaling needed) on GPUs, and on
@@ -387,53 +416,55 @@ class Trainer:
         budget = 60 * config.max_minutes if config.max_minutes else math.inf
         deadline = started + budget
         running_loss = None
-        while self.state.iteration < config.iterations:
-            if cancel is not None and cancel():
-                raise Cancelled()
-            it = self.state.iteration
-            inputs, targets = self.batch(np.random.default_rng([config.seed, it]))
-            lr = learning_rate_at(config, it, (time.monotonic() - started) / budget)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            with self._autocast():
-                loss = self.loss(inputs, targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
-            self.optimizer.step()
-            value = loss.item()
-            self.last_loss = value
-            running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value
-            self.state.iteration = it + 1
-            self.state.seconds = time.monotonic() - started
-            row = {
-                "iteration": it + 1,
-                "loss": round(value, 5),
-                "lr": lr,
-                "ap50": "",
-                "ap75": "",
-                "seconds": round(self.state.seconds, 1),
-            }
-            last = self.state.iteration >= config.iterations or time.monotonic() > deadline
-            if self.val_samples and (self.state.iteration % config.val_every == 0 or last):
-                scores = validate(self.loaded, self.val_samples, semantic=self.semantic)
-                self._train_mode()
-                row.update(scores)
-                self.last_scores = scores
-                self.validated_at = self.state.iteration
-                if self._choose(scores["score"]):
-                    self.state.best_score = scores["score"]
-                    self.state.best_iteration = self.state.iteration
-                    self.save_model(self.run_dir / "best.safetensors", scores)
-            self._log(row)
-            if self.state.iteration % config.checkpoint_every == 0 or last:
-                self.save_state()
-            message = f"loss {running_loss:.4f}"
-            if self.state.best_score >= 0:
-                message += f", best validation {self.state.best_score:.3f}"
-            yield Progress(self.state.iteration, config.iterations, message)
-            if last:
-                break
+        # closing stops the data workers when the run ends early (time, cancel, error)
+        with contextlib.closing(self._batches(self.state.iteration)) as batches:
+            while self.state.iteration < config.iterations:
+                if cancel is not None and cancel():
+                    raise Cancelled()
+                it = self.state.iteration
+                inputs, targets = next(batches)
+                lr = learning_rate_at(config, it, (time.monotonic() - started) / budget)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                with self._autocast():
+                    loss = self.loss(inputs, targets)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(module.parameters(), config.clip_grad_norm)
+                self.optimizer.step()
+                value = loss.item()
+                self.last_loss = value
+                running_loss = value if running_loss is None else 0.95 * running_loss + 0.05 * value
+                self.state.iteration = it + 1
+                self.state.seconds = time.monotonic() - started
+                row = {
+                    "iteration": it + 1,
+                    "loss": round(value, 5),
+                    "lr": lr,
+                    "ap50": "",
+                    "ap75": "",
+                    "seconds": round(self.state.seconds, 1),
+                }
+                last = self.state.iteration >= config.iterations or time.monotonic() > deadline
+                if self.val_samples and (self.state.iteration % config.val_every == 0 or last):
+                    scores = validate(self.loaded, self.val_samples, semantic=self.semantic)
+                    self._train_mode()
+                    row.update(scores)
+                    self.last_scores = scores
+                    self.validated_at = self.state.iteration
+                    if self._choose(scores["score"]):
+                        self.state.best_score = scores["score"]
+                        self.state.best_iteration = self.state.iteration
+                        self.save_model(self.run_dir / "best.safetensors", scores)
+                self._log(row)
+                if self.state.iteration % config.checkpoint_every == 0 or last:
+                    self.save_state()
+                message = f"loss {running_loss:.4f}"
+                if self.state.best_score >= 0:
+                    message += f", best validation {self.state.best_score:.3f}"
+                yield Progress(self.state.iteration, config.iterations, message)
+                if last:
+                    break
         return self.state
 
 
@@ -453,8 +484,10 @@ class UNetTrainer(Trainer):
             weights = [1.0] * n
         self.class_weights = torch.tensor(weights, device=self.loaded.device)
 
-    def batch(self, rng):
-        return unet_batch(self.train_samples, self.config, rng, semantic=self.semantic)
+    def batch_maker(self):
+        return functools.partial(
+            unet_batch, self.train_samples, self.config, semantic=self.semantic
+        )
 
     def loss(self, inputs, targets):
         device = self.loaded.device
@@ -480,8 +513,8 @@ class MaskRCNNTrainer(Trainer):
         self.loaded.module.transform.min_size = (size,)
         self.loaded.module.transform.max_size = size
 
-    def batch(self, rng):
-        return maskrcnn_batch(self.train_samples, self.config, rng)
+    def batch_maker(self):
+        return functools.partial(maskrcnn_batch, self.train_samples, self.config)
 
     def loss(self, inputs, targets):
         device = self.loaded.device
@@ -489,6 +522,24 @@ class MaskRCNNTrainer(Trainer):
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         losses = self.loaded.module(images, targets)
         return sum(losses.values())
+
+
+class _IterationBatches(torch.utils.data.Dataset):
+    """Item k is the batch of iteration ``first + k``, for DataLoader workers."""
+
+    def __init__(self, make: Callable, seed: int, first: int, stop: int):
+        self.make, self.seed, self.first, self.stop = make, seed, first, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.first)
+
+    def __getitem__(self, k: int):
+        return self.make(np.random.default_rng([self.seed, self.first + k]))
+
+
+def _one_thread(_worker_id: int) -> None:
+    # workers run numpy/scipy augmentation; torch's threads belong to the training loop
+    torch.set_num_threads(1)
 
 
 def _jsonable(value):

@@ -72,15 +72,16 @@ def classical_baseline(image: np.ndarray) -> np.ndarray:
     return watershed(-distance, markers, mask=mask)
 
 
-def predictors():
+def predictors(device: str = "cpu", classical: bool = True):
     found = {}
     if bundled_weights_path("nuclei-unet").exists():
-        unet = load_model("nuclei-unet", "cpu")
+        unet = load_model("nuclei-unet", device)
         found["nuclei-unet"] = lambda img: segment_semantic(img, unet).instances.labels
     if bundled_weights_path("nuclei-maskrcnn").exists():
-        mrcnn = load_model("nuclei-maskrcnn", "cpu")
+        mrcnn = load_model("nuclei-maskrcnn", device)
         found["nuclei-maskrcnn"] = lambda img: segment_instances(img, mrcnn).labels
-    found["classical (Otsu + watershed)"] = classical_baseline
+    if classical:
+        found["classical (Otsu + watershed)"] = classical_baseline
     return found
 
 
@@ -107,6 +108,17 @@ def accuracy(data: Path, methods: dict) -> dict:
                 prev = totals[name][subset]
                 totals[name][subset] = counts if prev is None else prev + counts
     return {n: {s: c.summary()["ap"] for s, c in t.items()} for n, t in totals.items()}
+
+
+def print_accuracy(results: dict) -> None:
+    header = " ".join(f"{t:>6.2f}" for t in THRESHOLDS)
+    print(
+        "\nAP on DSB2018 val (69 images; gray subset 52, of which 50 with bright nuclei)"
+        f"\n{'method':<32} subset      {header}"
+    )
+    for name, subsets in results.items():
+        for subset, aps in subsets.items():
+            print(f"{name:<32} {subset:<11} " + " ".join(f"{a:>6.3f}" for a in aps))
 
 
 def speed(data: Path) -> dict:
@@ -168,15 +180,7 @@ def main(argv=None) -> int:
     precision = "bfloat16" if cpu_has_fast_bfloat16() else "float32"
     print(f"engine precision on this CPU: {precision} (NAPARI_INSTSEG_CPU_BFLOAT16=0: float32)")
     if not args.skip_accuracy:
-        results = accuracy(args.data, predictors())
-        header = " ".join(f"{t:>6.2f}" for t in THRESHOLDS)
-        print(
-            "\nAP on DSB2018 val (69 images; gray subset 52, of which 50 with bright nuclei)"
-            f"\n{'method':<32} subset      {header}"
-        )
-        for name, subsets in results.items():
-            for subset, aps in subsets.items():
-                print(f"{name:<32} {subset:<11} " + " ".join(f"{a:>6.3f}" for a in aps))
+        print_accuracy(accuracy(args.data, predictors()))
     agreement = tiling_agreement(args.data)
     print("\nTiled (256 px, overlap 64) vs untiled on a 1024x1024 val field, AP50 between them")
     for name, ap in agreement.items():

@@ -1,0 +1,171 @@
+"""GPU throughput of the bundled models in float16, in megapixels per second.
+
+    python benchmarks/gpu_throughput.py [--size 4096] [--batch 8] [--data ../shared/data/dsb2018]
+
+Two figures per model, both in float16 autocast (the engine's precision on CUDA):
+- network: batches of 512x512 nuclei tiles through the network alone, input
+  already on the GPU (the U-Net's forward pass; the Mask R-CNN's backbone,
+  RPN and heads as the engine runs them, masks left at the heads' 28x28);
+- whole call: ``segment_semantic`` / ``segment_instances`` on a size x size
+  field (a mosaic of the ``nuclei`` sample), with reading, normalisation,
+  tiling, stitching and the instance post-processing on the CPU included.
+A torchvision ResNet-18 on the same batches is printed for scale. With
+``--data``, the val AP of both models is measured on the GPU too, to show
+that float16 keeps the accuracy measured on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import git_commit, machine_description  # noqa: E402
+from accuracy_and_speed import accuracy, predictors, print_accuracy  # noqa: E402
+
+from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
+from napari_instseg.core import predict  # noqa: E402
+
+TILE = 512
+
+
+def nuclei_field(size: int) -> np.ndarray:
+    """A size x size mosaic of the nuclei sample, flipped so that tiles differ."""
+    with resources.as_file(resources.files("napari_instseg") / "samples" / "nuclei.tif") as p:
+        sample = tifffile.imread(p)
+    h, w = sample.shape[:2]
+    rows = []
+    for i in range(-(-size // h)):
+        row = [sample[:: (-1) ** i, :: (-1) ** j] for j in range(-(-size // w))]
+        rows.append(np.concatenate(row, 1))
+    return np.ascontiguousarray(np.concatenate(rows, 0)[:size, :size])
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def gpu_seconds(fn, repeats: int = 10, warmup: int = 3) -> float:
+    """Median time of ``fn`` on the GPU, synchronised, after warm-ups."""
+    for _ in range(warmup):
+        fn()
+    _synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _synchronize()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def wall_seconds(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def tile_batch(field: np.ndarray, batch: int, device: torch.device) -> torch.Tensor:
+    """``batch`` normalised 512x512 tiles of the field as an NCHW float tensor."""
+    low, high = np.percentile(field, (1.0, 99.8))
+    per_row, rows = field.shape[1] // TILE, field.shape[0] // TILE
+    tiles = []
+    for k in range(batch):
+        y, x = TILE * ((k // per_row) % rows), TILE * (k % per_row)
+        tile = (field[y : y + TILE, x : x + TILE] - low) / (high - low)
+        tiles.append(np.repeat(tile[None], 3, 0).astype(np.float32))
+    batch = torch.from_numpy(np.stack(tiles)).to(device)
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def network_throughput(batch: torch.Tensor) -> dict:
+    import torchvision
+
+    device = batch.device
+    megapixels = batch.shape[0] * TILE * TILE / 1e6
+    out = {}
+    resnet = torchvision.models.resnet18().eval().to(device).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), predict._autocast(device):
+        out["resnet18 forward (for scale)"] = megapixels / gpu_seconds(lambda: resnet(batch))
+    unet = load_model("nuclei-unet", device)
+    module = unet.module.to(memory_format=torch.channels_last)
+    with torch.inference_mode(), predict._autocast(device):
+        out["nuclei-unet network"] = megapixels / gpu_seconds(lambda: module(batch))
+    mrcnn = load_model("nuclei-maskrcnn", device)
+    sizes = [(TILE, TILE)] * batch.shape[0]
+    threshold = mrcnn.info.postprocess.get("score_threshold", 0.5)
+    with torch.inference_mode():
+        detections = predict._detect(mrcnn.module, batch, sizes, threshold)
+        out["nuclei-maskrcnn network"] = megapixels / gpu_seconds(
+            lambda: predict._detect(mrcnn.module, batch, sizes, threshold)
+        )
+    out["(detections per 512x512 tile)"] = float(np.mean([len(d["boxes"]) for d in detections]))
+    return out
+
+
+def whole_call_throughput(field: np.ndarray, device: torch.device) -> dict:
+    megapixels = field.size / 1e6
+    unet = load_model("nuclei-unet", device)
+    mrcnn = load_model("nuclei-maskrcnn", device)
+    counts = {}
+
+    def run_unet():
+        counts["nuclei-unet"] = len(segment_semantic(field, unet).instances.label_ids)
+
+    def run_mrcnn():
+        counts["nuclei-maskrcnn"] = len(segment_instances(field, mrcnn).label_ids)
+
+    out = {
+        "nuclei-unet segment_semantic": megapixels / wall_seconds(run_unet),
+        "nuclei-maskrcnn segment_instances": megapixels / wall_seconds(run_mrcnn),
+    }
+    return out, counts
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=4096, help="whole-call field side (px)")
+    parser.add_argument("--batch", type=int, default=8, help="512x512 tiles per network batch")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    parser.add_argument("--data", type=Path, help="DSB2018 folder: also measure val AP on the GPU")
+    parser.add_argument("--device", default="cuda", help="cpu: only to check the script")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA GPU: nothing to measure")
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"machine: {machine_description()}; commit {git_commit()}")
+    field = nuclei_field(args.size)
+
+    rates = network_throughput(tile_batch(field, args.batch, device))
+    print(f"\nNetwork alone, float16, batches of {args.batch} 512x512 tiles on the GPU")
+    for name, value in rates.items():
+        unit = "" if name.startswith("(") else " Mpx/s"
+        print(f"{name:<40} {value:>8.1f}{unit}")
+
+    rates, counts = whole_call_throughput(field, device)
+    print(f"\nWhole call on a {args.size}x{args.size} field (median of 3 after a warm-up)")
+    for (name, value), found in zip(rates.items(), counts.values()):
+        print(f"{name:<40} {value:>8.1f} Mpx/s  ({found} objects)")
+
+    if args.data:
+        print_accuracy(accuracy(args.data, predictors(args.device, classical=False)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,3 +58,12 @@ def test_init_weights_load_where_they_fit_and_the_changed_layers_start_fresh():
     fresh = load_fitting_weights(wider, old.state_dict(), allow_fresh=True)
     assert fresh == ["0.weight", "0.bias", "1.weight"]
     assert torch.equal(wider[1].bias, old[1].bias)
+
+
+def test_anchor_sizes_take_several_sizes_per_pyramid_level():
+    # 4 px anchors for the smallest nuclei beside the 8 px ones, on every level alike
+    sizes = [[4, 8], [12, 16], [24, 32], [48, 64], [96, 128]]
+    module = build_model(model_info("maskrcnn", {"anchor_sizes": sizes}))
+    assert module.rpn.anchor_generator.num_anchors_per_location() == [6] * 5  # 2 sizes x 3 ratios
+    assert module.rpn.head.cls_logits.out_channels == 6
+    assert module.rpn.anchor_generator.sizes[0] == (4, 8)

@@ -24,7 +24,7 @@ def build_maskrcnn(
     num_classes: int = 2,
     backbone: str = "resnet18",
     norm: str = "batch",
-    anchor_sizes: Sequence[int] = (8, 16, 32, 64, 128),
+    anchor_sizes: Sequence[int | Sequence[int]] = (8, 16, 32, 64, 128),
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
     detections_per_image: int = 500,
     min_size: int = 512,
@@ -71,8 +71,9 @@ def build_maskrcnn(
         out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
+    # one size per pyramid level, or several (the same count on every level)
     anchors = AnchorGenerator(
-        sizes=tuple((s,) for s in anchor_sizes),
+        sizes=tuple(tuple(s) if isinstance(s, (list, tuple)) else (s,) for s in anchor_sizes),
         aspect_ratios=(tuple(aspect_ratios),) * len(anchor_sizes),
     )
     resolution = 7  # torchvision's default RoIAlign output for boxes

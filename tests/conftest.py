@@ -121,3 +121,17 @@ def disc_image(shape, centres, radius, value=1.0):
         image[inside] = value
         labels[inside] = i
     return image, labels
+
+
+def disc_samples(n=3):
+    """``n`` annotated 64x64 RGB training images of four discs each."""
+    from napari_instseg.core.data import AnnotatedImage
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        centres = [tuple(rng.integers(12, 52, 2)) for _ in range(4)]
+        image, labels = disc_image((64, 64), centres, 5)
+        rgb = np.repeat((image * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
+        out.append(AnnotatedImage.create(f"s{i}", rgb, labels, {"low": 1.0, "high": 99.8}))
+    return out

@@ -11,9 +11,8 @@ import pytest
 import tifffile
 import torch
 
-from conftest import disc_image, tiny_maskrcnn_info, tiny_unet_info
+from conftest import disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model, segment_instances, segment_semantic
-from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.metrics import match_counts
 from napari_instseg.core.models.registry import LoadedModel, build_model, bundled_weights_path
 from napari_instseg.core.predict import drain
@@ -48,17 +47,6 @@ def test_bundled_model_on_cuda_matches_cpu(name):
     assert _f1_at_half(cpu_labels, gpu_labels) > 0.95
 
 
-def _samples(n=3):
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        centres = [tuple(rng.integers(12, 52, 2)) for _ in range(4)]
-        image, labels = disc_image((64, 64), centres, 5)
-        rgb = np.repeat((image * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
-        out.append(AnnotatedImage.create(f"s{i}", rgb, labels, {"low": 1.0, "high": 99.8}))
-    return out
-
-
 @pytest.mark.parametrize(
     "info, trainer_class",
     [(tiny_unet_info(), UNetTrainer), (tiny_maskrcnn_info(tile_size=64), MaskRCNNTrainer)],
@@ -69,7 +57,7 @@ def test_training_runs_on_cuda_in_bfloat16(tmp_path, info, trainer_class):
     loaded = LoadedModel(build_model(info).to(device), info, device)
     config = TrainConfig(iterations=3, batch_size=2, val_every=3, warmup_iterations=1)
     config.augment.crop_size = 48
-    samples = _samples()
+    samples = disc_samples()
     trainer = trainer_class(loaded, samples, samples[:1], config, tmp_path)
     with trainer._autocast():
         assert torch.is_autocast_enabled("cuda")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import disc_image, tiny_maskrcnn_info, tiny_unet_info
+from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
 from napari_instseg.core.data import AnnotatedImage, unet_targets
 from napari_instseg.core.models.registry import LoadedModel, build_model
@@ -17,17 +17,6 @@ from napari_instseg.core.train import (
     validate,
 )
 from napari_instseg.core.types import Cancelled
-
-
-def _samples(n=3):
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        centres = [tuple(rng.integers(12, 52, 2)) for _ in range(4)]
-        image, labels = disc_image((64, 64), centres, 5)
-        rgb = np.repeat((image * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
-        out.append(AnnotatedImage.create(f"s{i}", rgb, labels, {"low": 1.0, "high": 99.8}))
-    return out
 
 
 def _config(iterations):
@@ -59,7 +48,7 @@ def test_detection_target_drops_slivers():
 def test_unet_trainer_runs_saves_and_resumes(tmp_path):
     info = tiny_unet_info()
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
-    samples = _samples()
+    samples = disc_samples()
     trainer = UNetTrainer(loaded, samples, samples[:1], _config(2), tmp_path)
     state = drain(trainer.run())
     assert state.iteration == 2 and (tmp_path / "best.safetensors").exists()
@@ -88,7 +77,7 @@ def test_unet_loss_goes_down_on_a_learnable_task(tmp_path, monkeypatch, cpu_bflo
     config = _config(40)
     config.learning_rate = 1e-2
     config.cpu_bfloat16 = cpu_bfloat16
-    trainer = UNetTrainer(loaded, _samples(), [], config, tmp_path)
+    trainer = UNetTrainer(loaded, disc_samples(), [], config, tmp_path)
     precisions = []
     loss = trainer.loss
 
@@ -109,7 +98,7 @@ def test_detectors_train_in_float32_on_cpus(tmp_path, monkeypatch):
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
     config = _config(1)
     config.cpu_bfloat16 = True
-    trainer = MaskRCNNTrainer(loaded, _samples(1), [], config, tmp_path)
+    trainer = MaskRCNNTrainer(loaded, disc_samples(1), [], config, tmp_path)
     with trainer._autocast():
         assert not torch.is_autocast_enabled("cpu")
 
@@ -117,10 +106,10 @@ def test_detectors_train_in_float32_on_cpus(tmp_path, monkeypatch):
 def test_maskrcnn_trainer_runs_and_cancels(tmp_path):
     info = tiny_maskrcnn_info(tile_size=64)
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
-    trainer = MaskRCNNTrainer(loaded, _samples(2), _samples(1), _config(2), tmp_path)
+    trainer = MaskRCNNTrainer(loaded, disc_samples(2), disc_samples(1), _config(2), tmp_path)
     assert drain(trainer.run()).iteration == 2
     assert load_model(tmp_path / "best.safetensors", "cpu").info.architecture == "maskrcnn"
-    again = MaskRCNNTrainer(loaded, _samples(2), [], _config(5), tmp_path / "b")
+    again = MaskRCNNTrainer(loaded, disc_samples(2), [], _config(5), tmp_path / "b")
     with pytest.raises(Cancelled):
         drain(again.run(), cancel=lambda: again.state.iteration >= 1)
     assert again.state.iteration == 1
@@ -261,7 +250,7 @@ def test_data_workers_give_the_same_batches_and_run(tmp_path):
         loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
         config = _config(4)
         config.data_workers = workers
-        trainer = UNetTrainer(loaded, _samples(), [], config, tmp_path / str(workers))
+        trainer = UNetTrainer(loaded, disc_samples(), [], config, tmp_path / str(workers))
         first = next(trainer._batches(2))
         direct = trainer.batch(np.random.default_rng([config.seed, 2]))
         assert all(torch.equal(a, b) for a, b in zip(first, direct))
@@ -276,7 +265,7 @@ def test_data_workers_stop_with_a_cancelled_run(tmp_path):
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
     config = _config(50)
     config.data_workers = 2
-    trainer = MaskRCNNTrainer(loaded, _samples(2), [], config, tmp_path)
+    trainer = MaskRCNNTrainer(loaded, disc_samples(2), [], config, tmp_path)
     with pytest.raises(Cancelled):
         drain(trainer.run(), cancel=lambda: trainer.state.iteration >= 2)
     assert trainer.state.iteration == 2

@@ -252,7 +252,7 @@ def test_data_workers_give_the_same_batches_and_run(tmp_path):
         config.data_workers = workers
         trainer = UNetTrainer(loaded, disc_samples(), [], config, tmp_path / str(workers))
         first = next(trainer._batches(2))
-        direct = trainer.batch(np.random.default_rng([config.seed, 2]))
+        direct = trainer.batch_maker()(np.random.default_rng([config.seed, 2]))
         assert all(torch.equal(a, b) for a, b in zip(first, direct))
         assert drain(trainer.run()).iteration == 4
         log = (tmp_path / str(workers) / "log.csv").read_text().splitlines()[1:]

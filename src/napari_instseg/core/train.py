@@ -294,19 +294,15 @@ class Trainer:
         """A picklable function making one batch from a random generator."""
         raise NotImplementedError
 
-    def batch(self, rng: np.random.Generator):
-        return self.batch_maker()(rng)
-
     def _batches(self, first: int) -> Iterator[tuple]:
         """Batches for iterations ``first``, ``first + 1``, ... of this run."""
         config = self.config
-        make = self.batch_maker()
+        batches = _IterationBatches(self.batch_maker(), config.seed, first, config.iterations)
         if config.data_workers <= 0:
-            for it in range(first, config.iterations):
-                yield make(np.random.default_rng([config.seed, it]))
+            yield from map(batches.__getitem__, range(len(batches)))
             return
         loader = torch.utils.data.DataLoader(
-            _IterationBatches(make, config.seed, first, config.iterations),
+            batches,
             batch_size=None,
             num_workers=config.data_workers,
             worker_init_fn=_one_thread,

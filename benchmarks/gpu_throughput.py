@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import git_commit, machine_description  # noqa: E402
+from _common import git_commit, machine_description, median_time  # noqa: E402
 from accuracy_and_speed import accuracy, predictors, print_accuracy  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
@@ -53,28 +52,14 @@ def _synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def gpu_seconds(fn, repeats: int = 10, warmup: int = 3) -> float:
-    """Median time of ``fn`` on the GPU, synchronised, after warm-ups."""
-    for _ in range(warmup):
-        fn()
-    _synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def gpu_seconds(fn) -> float:
+    """Median time of ``fn`` with the GPU's queued work finished, after warm-ups."""
+
+    def synchronised():
         fn()
         _synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
-
-def wall_seconds(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_time(synchronised, repeats=10, warmup=3)
 
 
 def tile_batch(field: np.ndarray, batch: int, device: torch.device) -> torch.Tensor:
@@ -90,7 +75,7 @@ def tile_batch(field: np.ndarray, batch: int, device: torch.device) -> torch.Ten
     return batch.contiguous(memory_format=torch.channels_last)
 
 
-def network_throughput(batch: torch.Tensor) -> dict:
+def network_throughput(batch: torch.Tensor, unet, mrcnn) -> dict:
     import torchvision
 
     device = batch.device
@@ -99,11 +84,9 @@ def network_throughput(batch: torch.Tensor) -> dict:
     resnet = torchvision.models.resnet18().eval().to(device).to(memory_format=torch.channels_last)
     with torch.inference_mode(), predict._autocast(device):
         out["resnet18 forward (for scale)"] = megapixels / gpu_seconds(lambda: resnet(batch))
-    unet = load_model("nuclei-unet", device)
     module = unet.module.to(memory_format=torch.channels_last)
     with torch.inference_mode(), predict._autocast(device):
         out["nuclei-unet network"] = megapixels / gpu_seconds(lambda: module(batch))
-    mrcnn = load_model("nuclei-maskrcnn", device)
     sizes = [(TILE, TILE)] * batch.shape[0]
     threshold = mrcnn.info.postprocess.get("score_threshold", 0.5)
     with torch.inference_mode():
@@ -115,10 +98,9 @@ def network_throughput(batch: torch.Tensor) -> dict:
     return out
 
 
-def whole_call_throughput(field: np.ndarray, device: torch.device) -> dict:
+def whole_call_throughput(field: np.ndarray, unet, mrcnn) -> tuple[dict, dict]:
+    """Mpx/s of each model's whole call, and the objects each found."""
     megapixels = field.size / 1e6
-    unet = load_model("nuclei-unet", device)
-    mrcnn = load_model("nuclei-maskrcnn", device)
     counts = {}
 
     def run_unet():
@@ -128,8 +110,8 @@ def whole_call_throughput(field: np.ndarray, device: torch.device) -> dict:
         counts["nuclei-maskrcnn"] = len(segment_instances(field, mrcnn).label_ids)
 
     out = {
-        "nuclei-unet segment_semantic": megapixels / wall_seconds(run_unet),
-        "nuclei-maskrcnn segment_instances": megapixels / wall_seconds(run_mrcnn),
+        "nuclei-unet segment_semantic": megapixels / median_time(run_unet, repeats=3),
+        "nuclei-maskrcnn segment_instances": megapixels / median_time(run_mrcnn, repeats=3),
     }
     return out, counts
 
@@ -150,14 +132,15 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     print(f"machine: {machine_description()}; commit {git_commit()}")
     field = nuclei_field(args.size)
+    unet, mrcnn = load_model("nuclei-unet", device), load_model("nuclei-maskrcnn", device)
 
-    rates = network_throughput(tile_batch(field, args.batch, device))
+    rates = network_throughput(tile_batch(field, args.batch, device), unet, mrcnn)
     print(f"\nNetwork alone, float16, batches of {args.batch} 512x512 tiles on the GPU")
     for name, value in rates.items():
         unit = "" if name.startswith("(") else " Mpx/s"
         print(f"{name:<40} {value:>8.1f}{unit}")
 
-    rates, counts = whole_call_throughput(field, device)
+    rates, counts = whole_call_throughput(field, unet, mrcnn)
     print(f"\nWhole call on a {args.size}x{args.size} field (median of 3 after a warm-up)")
     for (name, value), found in zip(rates.items(), counts.values()):
         print(f"{name:<40} {value:>8.1f} Mpx/s  ({found} objects)")

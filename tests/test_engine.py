@@ -382,3 +382,21 @@ def test_mask_threshold_defaults_to_the_models_own(oracle_detector, tiny_maskrcn
 def test_detection_thresholds_out_of_range_are_clear_errors(tiny_maskrcnn_path, kwargs, message):
     with pytest.raises(InputError, match=message):
         segment_instances(np.random.rand(64, 64), tiny_maskrcnn_path, **kwargs)
+
+
+def test_detections_painted_at_any_mask_threshold_equal_segmenting_at_it(oracle_detector):
+    image, _ = disc_image((200, 180), _centres_on_seams((200, 180), 64, 16, 7), 7)
+    detections = predict.detect_instances(image, oracle_detector, tile_size=64, overlap=16)
+    for mask_threshold in (0.2, 0.5, 0.8):
+        direct = segment_instances(
+            image, oracle_detector, tile_size=64, overlap=16, mask_threshold=mask_threshold
+        )
+        painted = detections.paint(oracle_detector.info.class_names, mask_threshold)
+        np.testing.assert_array_equal(painted.labels, direct.labels)
+        np.testing.assert_array_equal(painted.scores, direct.scores)
+    assert len(direct) > 5
+
+
+def test_detect_instances_takes_one_2d_image(oracle_detector):
+    with pytest.raises(InputError, match="one 2D image"):
+        predict.detect_instances(np.zeros((2, 64, 64), np.float32), oracle_detector)

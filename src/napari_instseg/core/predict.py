@@ -15,6 +15,7 @@ import functools
 import os
 from collections.abc import Callable, Generator, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -536,6 +537,32 @@ def _paste(
     return int(on.sum())
 
 
+@dataclass(frozen=True)
+class Detections:
+    """One 2D slice's detections before they are painted: boxes in slice
+    pixels (x0, y0, x1, y1), scores, class ids and the heads' 28x28 mask
+    probabilities. Painting is cheap next to the network, so a mask threshold
+    can be chosen by painting one set of detections several times."""
+
+    shape: tuple[int, int]
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    masks: np.ndarray
+
+    def paint(self, class_names, mask_threshold: float = 0.5) -> InstanceResult:
+        """The label image and per-instance arrays (see ``_paint_instances``)."""
+        return _paint_instances(
+            self.shape,
+            self.boxes,
+            self.scores,
+            self.classes,
+            self.masks,
+            class_names,
+            mask_threshold,
+        )
+
+
 def _instance_slice(
     reader: SliceReader,
     loaded: LoadedModel,
@@ -544,8 +571,7 @@ def _instance_slice(
     tile_size: int,
     overlap: int,
     score_threshold: float,
-    mask_threshold: float,
-) -> Generator[None, None, InstanceResult]:
+) -> Generator[None, None, Detections]:
     module = loaded.predictor
     device = loaded.device
     height, width = reader.shape
@@ -568,14 +594,12 @@ def _instance_slice(
             classes.append(det["labels"].cpu().numpy()[keep][owned])
             masks.append(det["masks"].float().cpu().numpy()[keep][owned][:, 0])
             yield
-    return _paint_instances(
+    return Detections(
         (height, width),
         np.concatenate(boxes) if boxes else np.zeros((0, 4)),
         np.concatenate(scores) if scores else np.zeros(0),
         np.concatenate(classes) if classes else np.zeros(0, np.int64),
         np.concatenate(masks) if masks else np.zeros((0, 28, 28)),
-        loaded.info.class_names,
-        mask_threshold,
     )
 
 
@@ -604,6 +628,42 @@ def _paint_instances(
     )
 
 
+def _instance_settings(loaded: LoadedModel, score_threshold, mask_threshold, tile_size, overlap):
+    """Thresholds and tiling with their defaults filled in, and checked."""
+    _check_task(loaded, INSTANCE)
+    # the model's own (tuned on training images), else the usual 0.5
+    if score_threshold is None:
+        score_threshold = float(loaded.info.postprocess.get("score_threshold", 0.5))
+    if mask_threshold is None:
+        mask_threshold = float(loaded.info.postprocess.get("mask_threshold", 0.5))
+    _check_detection_thresholds(score_threshold, mask_threshold)
+    tile_size = int(tile_size or loaded.info.tile_size)
+    overlap = int(tile_size // 4 if overlap is None else overlap)
+    _check_tiling(tile_size, overlap)
+    return score_threshold, mask_threshold, tile_size, overlap
+
+
+def _detect_in_slice(
+    reader: SliceReader,
+    loaded: LoadedModel,
+    rescale: float,
+    tile_size: int,
+    overlap: int,
+    score_threshold: float,
+    counter: _TileCounter,
+    slices: int,
+) -> Generator[Progress, None, Detections]:
+    """Detections of one slice (at the rescaled size), tile by tile."""
+    work_reader, lows, highs = _prepare_slice(reader, loaded, rescale)
+    counter.announce(len(tile_grid(*work_reader.shape, tile_size, overlap)) * slices)
+
+    def run_slice(model, tile, overlap):
+        return _instance_slice(work_reader, model, lows, highs, tile, overlap, score_threshold)
+
+    steps = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
+    return (yield from counter.run(steps, "detecting in tiles"))
+
+
 def iter_segment_instances(
     image,
     model="nuclei-maskrcnn",
@@ -618,19 +678,12 @@ def iter_segment_instances(
 ) -> Generator[Progress, None, InstanceResult]:
     """Generator form of ``segment_instances``: yields Progress per tile."""
     loaded = load_model(model, device)
-    _check_task(loaded, INSTANCE)
-    # the model's own (tuned on training images), else the usual 0.5
-    if score_threshold is None:
-        score_threshold = float(loaded.info.postprocess.get("score_threshold", 0.5))
-    if mask_threshold is None:
-        mask_threshold = float(loaded.info.postprocess.get("mask_threshold", 0.5))
-    _check_detection_thresholds(score_threshold, mask_threshold)
+    score_threshold, mask_threshold, tile_size, overlap = _instance_settings(
+        loaded, score_threshold, mask_threshold, tile_size, overlap
+    )
     _check_dtype(image)
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
-    tile_size = int(tile_size or loaded.info.tile_size)
-    overlap = int(tile_size // 4 if overlap is None else overlap)
-    _check_tiling(tile_size, overlap)
     indices = list(_stack_indices(stack_shape))
     results = []
     spatial = None
@@ -638,20 +691,44 @@ def iter_segment_instances(
     for index in indices:
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
-        work_reader, lows, highs = _prepare_slice(reader, loaded, rescale)
-        counter.announce(len(tile_grid(*work_reader.shape, tile_size, overlap)) * len(indices))
-
-        def run_slice(model, tile, overlap, reader=work_reader, lows=lows, highs=highs):
-            return _instance_slice(
-                reader, model, lows, highs, tile, overlap, score_threshold, mask_threshold
-            )
-
-        gen = _with_memory_fallback(run_slice, loaded, tile_size, overlap, work_reader.shape)
-        result = yield from counter.run(gen, "detecting in tiles")
+        detections = yield from _detect_in_slice(
+            reader, loaded, rescale, tile_size, overlap, score_threshold, counter, len(indices)
+        )
+        # painted slice by slice: a stack's raw masks are never all held at once
+        result = detections.paint(loaded.info.class_names, mask_threshold)
         if rescale != 1.0:
             result = _resize_instances(result, spatial)
         results.append(result)
     return _stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
+
+
+def detect_instances(
+    image,
+    model="nuclei-maskrcnn",
+    *,
+    device: str = "auto",
+    channel_axis: int | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    score_threshold: float | None = None,
+) -> Detections:
+    """Detections of one 2D image before painting, so that several mask
+    thresholds can be tried on one run of the network (``Detections.paint``).
+    ``segment_instances`` is this plus painting, for any image."""
+    loaded = load_model(model, device)
+    score_threshold, _, tile_size, overlap = _instance_settings(
+        loaded, score_threshold, None, tile_size, overlap
+    )
+    _check_dtype(image)
+    configure_cpu_threads()
+    channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    if stack_shape:
+        raise InputError(f"detect_instances takes one 2D image, not a stack {stack_shape}")
+    reader = SliceReader(image, (), channel_axis)
+    steps = _detect_in_slice(
+        reader, loaded, 1.0, tile_size, overlap, score_threshold, _TileCounter(), slices=1
+    )
+    return drain(steps)
 
 
 # --- out-of-memory handling -------------------------------------------------------------

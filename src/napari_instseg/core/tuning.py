@@ -82,22 +82,24 @@ def sweep_detection_thresholds(
     mask_thresholds=MASK_THRESHOLDS,
 ) -> dict[tuple[float, float], list[float]]:
     """AP at IoU 0.5 and 0.75 for each Mask R-CNN (score threshold, mask
-    threshold). One prediction per image and mask threshold, at the lowest
-    score threshold, suffices: higher scores win overlaps when instances are
-    painted, so dropping the instances under a threshold afterwards gives
-    exactly what predicting at it would."""
-    from .predict import segment_instances
+    threshold). The network runs once per image, at the lowest score
+    threshold; each mask threshold then paints those detections, and each
+    score threshold drops the instances under it. Higher scores win overlaps
+    when instances are painted, so dropping them afterwards gives exactly
+    what predicting at that threshold would."""
+    from .predict import detect_instances
 
+    class_names = loaded.info.class_names
     totals: dict = {}
     for sample in samples:
+        detections = detect_instances(
+            sample.image,
+            loaded,
+            channel_axis=-1,  # samples are (Y, X, C), gray ones too
+            score_threshold=min(thresholds),
+        )
         for mask_threshold in mask_thresholds:
-            result = segment_instances(
-                sample.image,
-                loaded,
-                channel_axis=-1,  # samples are (Y, X, C), gray ones too
-                score_threshold=min(thresholds),
-                mask_threshold=mask_threshold,
-            )
+            result = detections.paint(class_names, mask_threshold)
             for threshold in thresholds:
                 kept = result.label_ids[result.scores >= threshold]
                 labels = np.where(np.isin(result.labels, kept), result.labels, 0)

@@ -34,6 +34,10 @@ class AnnotatedImage:
     instance_classes: dict[int, int] | None = None
     ignore_value: int | None = None
 
+    # images are stored (Y, X, C), gray ones too: what the engine's
+    # ``channel_axis`` must say when it is given ``image``
+    channel_axis = -1
+
     @cached_property
     def kind(self) -> str:
         """What the image looks like (see ``image_kind``), for balancing

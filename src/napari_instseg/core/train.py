@@ -182,7 +182,7 @@ def semantic_mean_iou(loaded: LoadedModel, samples: Sequence[AnnotatedImage]) ->
     confusion = np.zeros((n, n), np.int64)
     for sample in samples:
         pred = segment_semantic(
-            sample.image, loaded, channel_axis=-1, return_probabilities=False
+            sample.image, loaded, channel_axis=sample.channel_axis, return_probabilities=False
         ).classes
         valid = sample.labels < n
         if sample.ignore_value is not None:
@@ -223,11 +223,16 @@ def validate(
         for sample in samples:
             if loaded.info.task == "semantic":
                 pred = segment_semantic(
-                    sample.image, loaded, channel_axis=-1, return_probabilities=False
+                    sample.image,
+                    loaded,
+                    channel_axis=sample.channel_axis,
+                    return_probabilities=False,
                 )
                 pred = pred.instances.labels
             else:
-                pred = segment_instances(sample.image, loaded, channel_axis=-1).labels
+                pred = segment_instances(
+                    sample.image, loaded, channel_axis=sample.channel_axis
+                ).labels
             counts = match_counts(*sample.scoreable(pred), thresholds)
             total = counts if total is None else total + counts
     finally:

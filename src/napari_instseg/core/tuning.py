@@ -40,7 +40,7 @@ def sweep_postprocess(
     try:
         for sample in samples:
             result = segment_semantic(
-                sample.image, loaded, channel_axis=-1, return_probabilities=True
+                sample.image, loaded, channel_axis=sample.channel_axis, return_probabilities=True
             )
             probability = np.round(result.probabilities[interior] * 255).astype(np.uint8)
             for seed, min_size in itertools.product(seed_thresholds, min_sizes):
@@ -95,7 +95,7 @@ def sweep_detection_thresholds(
         detections = detect_instances(
             sample.image,
             loaded,
-            channel_axis=-1,  # samples are (Y, X, C), gray ones too
+            channel_axis=sample.channel_axis,
             score_threshold=min(thresholds),
         )
         for mask_threshold in mask_thresholds:

@@ -39,7 +39,7 @@ from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
 NORMALIZATION = {"low": 1.0, "high": 99.8}
 # The same architectures as new models trained with the `train` command. The
-# Mask R-CNN has lean heads (box 256-d, mask 128 channels, fewer RPN proposals
+# Mask R-CNN has lean heads (box 256-d, mask 64 channels, fewer RPN proposals
 # in training): about half the time per iteration of torchvision's defaults.
 UNET_CONFIG = {**NEW_MODEL_CONFIGS["unet"], "num_classes": 3}
 MASKRCNN_CONFIG = {**NEW_MODEL_CONFIGS["maskrcnn"], "num_classes": 2}

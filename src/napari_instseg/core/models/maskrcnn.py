@@ -1,6 +1,7 @@
 """Mask R-CNN assembled from torchvision's parts with defaults for nuclei:
 a compact ResNet-FPN with trainable norm layers (from-scratch training),
-anchors from 8 px, and room for hundreds of detections per image."""
+anchors from 8 px by default (the bundled model's start at 4 px), and room
+for hundreds of detections per image."""
 
 from __future__ import annotations
 

@@ -391,9 +391,10 @@ def test_detections_painted_at_any_mask_threshold_equal_segmenting_at_it(oracle_
         direct = segment_instances(
             image, oracle_detector, tile_size=64, overlap=16, mask_threshold=mask_threshold
         )
-        painted = detections.paint(oracle_detector.info.class_names, mask_threshold)
+        painted = detections.paint(mask_threshold)
         np.testing.assert_array_equal(painted.labels, direct.labels)
         np.testing.assert_array_equal(painted.scores, direct.scores)
+        assert painted.class_names == direct.class_names
     assert len(direct) > 5
 
 

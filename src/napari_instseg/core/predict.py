@@ -541,16 +541,18 @@ def _paste(
 class Detections:
     """One 2D slice's detections before they are painted: boxes in slice
     pixels (x0, y0, x1, y1), scores, class ids and the heads' 28x28 mask
-    probabilities. Painting is cheap next to the network, so a mask threshold
-    can be chosen by painting one set of detections several times."""
+    probabilities, with the class names of the model that made them.
+    Painting is cheap next to the network, so a mask threshold can be chosen
+    by painting one set of detections several times."""
 
     shape: tuple[int, int]
     boxes: np.ndarray
     scores: np.ndarray
     classes: np.ndarray
     masks: np.ndarray
+    class_names: tuple[str, ...]
 
-    def paint(self, class_names, mask_threshold: float = 0.5) -> InstanceResult:
+    def paint(self, mask_threshold: float = 0.5) -> InstanceResult:
         """The label image and per-instance arrays (see ``_paint_instances``)."""
         return _paint_instances(
             self.shape,
@@ -558,7 +560,7 @@ class Detections:
             self.scores,
             self.classes,
             self.masks,
-            class_names,
+            self.class_names,
             mask_threshold,
         )
 
@@ -600,6 +602,7 @@ def _instance_slice(
         np.concatenate(scores) if scores else np.zeros(0),
         np.concatenate(classes) if classes else np.zeros(0, np.int64),
         np.concatenate(masks) if masks else np.zeros((0, 28, 28)),
+        tuple(loaded.info.class_names),
     )
 
 
@@ -695,7 +698,7 @@ def iter_segment_instances(
             reader, loaded, rescale, tile_size, overlap, score_threshold, counter, len(indices)
         )
         # painted slice by slice: a stack's raw masks are never all held at once
-        result = detections.paint(loaded.info.class_names, mask_threshold)
+        result = detections.paint(mask_threshold)
         if rescale != 1.0:
             result = _resize_instances(result, spatial)
         results.append(result)

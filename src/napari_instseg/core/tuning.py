@@ -89,7 +89,6 @@ def sweep_detection_thresholds(
     what predicting at that threshold would."""
     from .predict import detect_instances
 
-    class_names = loaded.info.class_names
     totals: dict = {}
     for sample in samples:
         detections = detect_instances(
@@ -99,7 +98,7 @@ def sweep_detection_thresholds(
             score_threshold=min(thresholds),
         )
         for mask_threshold in mask_thresholds:
-            result = detections.paint(class_names, mask_threshold)
+            result = detections.paint(mask_threshold)
             for threshold in thresholds:
                 kept = result.label_ids[result.scores >= threshold]
                 labels = np.where(np.isin(result.labels, kept), result.labels, 0)

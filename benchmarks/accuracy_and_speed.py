@@ -36,9 +36,9 @@ from _common import git_commit, machine_description, median_time  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
 from napari_instseg.core.data import image_kind  # noqa: E402
+from napari_instseg.core.devices import cpu_has_fast_bfloat16  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
-from napari_instseg.core.models.registry import bundled_weights_path  # noqa: E402
-from napari_instseg.core.predict import cpu_has_fast_bfloat16  # noqa: E402
+from napari_instseg.core.models.bundled import bundled_weights_path  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"

@@ -30,7 +30,8 @@ from _common import git_commit, machine_description, median_time  # noqa: E402
 from accuracy_and_speed import accuracy, predictors, print_accuracy  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
-from napari_instseg.core import predict  # noqa: E402
+from napari_instseg.core.devices import autocast_for  # noqa: E402
+from napari_instseg.core.models.maskrcnn import detect_without_pasting  # noqa: E402
 
 TILE = 512
 
@@ -82,17 +83,17 @@ def network_throughput(batch: torch.Tensor, unet, mrcnn) -> dict:
     megapixels = batch.shape[0] * TILE * TILE / 1e6
     out = {}
     resnet = torchvision.models.resnet18().eval().to(device).to(memory_format=torch.channels_last)
-    with torch.inference_mode(), predict._autocast(device):
+    with torch.inference_mode(), autocast_for(device):
         out["resnet18 forward (for scale)"] = megapixels / gpu_seconds(lambda: resnet(batch))
     module = unet.module.to(memory_format=torch.channels_last)
-    with torch.inference_mode(), predict._autocast(device):
+    with torch.inference_mode(), autocast_for(device):
         out["nuclei-unet network"] = megapixels / gpu_seconds(lambda: module(batch))
     sizes = [(TILE, TILE)] * batch.shape[0]
     threshold = mrcnn.info.postprocess.get("score_threshold", 0.5)
     with torch.inference_mode():
-        detections = predict._detect(mrcnn.module, batch, sizes, threshold)
+        detections = detect_without_pasting(mrcnn.module, batch, sizes, threshold)
         out["nuclei-maskrcnn network"] = megapixels / gpu_seconds(
-            lambda: predict._detect(mrcnn.module, batch, sizes, threshold)
+            lambda: detect_without_pasting(mrcnn.module, batch, sizes, threshold)
         )
     out["(detections per 512x512 tile)"] = float(np.mean([len(d["boxes"]) for d in detections]))
     return out

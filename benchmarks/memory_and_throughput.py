@@ -21,8 +21,10 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     import numpy as np, torch
     torch.set_num_threads({threads})
-    from napari_instseg.core.models.registry import (
-        LoadedModel, ModelInfo, build_model, bundled_weights_path, load_model, resolve_device)
+    from napari_instseg.core.models.loading import LoadedModel, build_model, load_model
+    from napari_instseg.core.models.info import ModelInfo
+    from napari_instseg.core.models.bundled import bundled_weights_path
+    from napari_instseg.core.devices import resolve_device
     from napari_instseg import segment_semantic
 
     device = resolve_device("{device}")

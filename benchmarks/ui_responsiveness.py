@@ -30,7 +30,7 @@ def random_maskrcnn_checkpoint(folder: Path) -> Path:
     from train_bundled import model_info
 
     from napari_instseg.core.models import checkpoint
-    from napari_instseg.core.models.registry import build_model
+    from napari_instseg.core.models.loading import build_model
 
     info = model_info("maskrcnn")
     info.name = "random-maskrcnn"
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_instseg._widgets._common import torch_loaded_in_background
-    from napari_instseg.core.models.registry import bundled_weights_path
+    from napari_instseg.core.models.bundled import bundled_weights_path
 
     viewer = napari.Viewer()
     viewer.open_sample("napari-instseg", "nuclei")

@@ -25,15 +25,12 @@ import tifffile
 import torch
 
 from napari_instseg.core.data import AnnotatedImage
+from napari_instseg.core.devices import resolve_device
 from napari_instseg.core.finetune import NEW_MODEL_CONFIGS
 from napari_instseg.core.models import checkpoint
-from napari_instseg.core.models.registry import (
-    LoadedModel,
-    ModelInfo,
-    build_model,
-    bundled_weights_path,
-    resolve_device,
-)
+from napari_instseg.core.models.bundled import bundled_weights_path
+from napari_instseg.core.models.info import ModelInfo
+from napari_instseg.core.models.loading import LoadedModel, build_model
 from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"

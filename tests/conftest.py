@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from napari_instseg.core.models import checkpoint
-from napari_instseg.core.models.registry import LoadedModel, ModelInfo, build_model
+from napari_instseg.core.models.info import ModelInfo
+from napari_instseg.core.models.loading import LoadedModel, build_model
 
 NUCLEI_CLASSES = ["background", "nucleus", "boundary"]
 

@@ -26,12 +26,31 @@ def test_listing_models_and_their_settings_does_not_import_torch():
     # the widgets do this when they open; torch takes 1-2 s to import
     code = (
         "import sys\n"
-        "from napari_instseg.core.models import registry\n"
-        "registry.register_remembered_checkpoints()\n"
+        "from napari_instseg.core.models import registry, user_settings\n"
+        "user_settings.register_remembered_checkpoints()\n"
         "print(registry.models_for_task('instance'), registry.stored_postprocess('nuclei-unet'))\n"
         "print('torch' in sys.modules)"
     )
     assert _run(code).splitlines()[-1] == "False"
+
+
+def test_architecture_doc_names_every_module():
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    missing = [
+        str(p.relative_to(SRC))
+        for p in SRC.rglob("*.py")
+        if p.name != "__init__.py" and f"`{p.relative_to(SRC).as_posix()}`" not in doc
+    ]
+    assert not missing, f"docs/architecture.md does not name {missing}"
+
+
+def test_no_source_file_is_over_400_lines():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, long
 
 
 def test_core_imports_neither_napari_nor_qt():

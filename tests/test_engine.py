@@ -1,5 +1,7 @@
 """The prediction engine: axes, dtypes, tiling seams, stacks, progress, cancel."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from conftest import disc_image
 from napari_instseg import load_model, segment_instances, segment_semantic
 from napari_instseg.core import predict
+from napari_instseg.core.detections import paste
 from napari_instseg.core.metrics import match_counts
 from napari_instseg.core.types import Cancelled, InputError, ModelError
 
@@ -73,10 +76,14 @@ def _oracle_detect(module, batch, sizes, score_threshold=0.0):
     return detections
 
 
+def _with_oracle(path):
+    """A copy of the (cached) model at ``path``, with the oracle as its detector."""
+    return dataclasses.replace(load_model(path, "cpu"), tile_predictor=_oracle_detect)
+
+
 @pytest.fixture
-def oracle_detector(monkeypatch, tiny_maskrcnn_path):
-    monkeypatch.setattr(predict, "_detect", _oracle_detect)
-    return load_model(tiny_maskrcnn_path, "cpu")
+def oracle_detector(tiny_maskrcnn_path):
+    return _with_oracle(tiny_maskrcnn_path)
 
 
 def test_instances_on_seams_are_neither_cut_nor_duplicated(oracle_detector):
@@ -248,7 +255,7 @@ def test_wrong_task_and_unknown_model_are_clear(tiny_unet_path):
 
 
 def test_device_auto_picks_cpu_without_gpu():
-    from napari_instseg.core.models.registry import resolve_device
+    from napari_instseg.core.devices import resolve_device
 
     if not torch.cuda.is_available():
         assert resolve_device("auto").type in ("cpu", "mps")
@@ -302,29 +309,29 @@ def test_score_threshold_defaults_to_the_models_own(tiny_maskrcnn_path, tmp_path
 def test_cpu_bfloat16_can_be_switched_off(monkeypatch):
     from contextlib import nullcontext
 
-    from napari_instseg.core import predict
+    from napari_instseg.core import devices
 
     monkeypatch.setenv("NAPARI_INSTSEG_CPU_BFLOAT16", "0")
-    predict.cpu_has_fast_bfloat16.cache_clear()
+    devices.cpu_has_fast_bfloat16.cache_clear()
     try:
-        assert not predict.cpu_has_fast_bfloat16()
-        assert isinstance(predict._autocast(torch.device("cpu")), nullcontext)
+        assert not devices.cpu_has_fast_bfloat16()
+        assert isinstance(devices.autocast_for(torch.device("cpu")), nullcontext)
     finally:
         monkeypatch.delenv("NAPARI_INSTSEG_CPU_BFLOAT16")
-        predict.cpu_has_fast_bfloat16.cache_clear()
+        devices.cpu_has_fast_bfloat16.cache_clear()
 
 
 def test_bfloat16_and_float32_agree(tiny_unet_path, monkeypatch):
     from napari_instseg import load_model
-    from napari_instseg.core import predict
+    from napari_instseg.core import devices
 
     image, _ = disc_image((96, 96), [(30, 30), (60, 64)], 9)
     results = {}
     for setting in ("1", "0"):
         monkeypatch.setenv("NAPARI_INSTSEG_CPU_BFLOAT16", setting)
-        predict.cpu_has_fast_bfloat16.cache_clear()
+        devices.cpu_has_fast_bfloat16.cache_clear()
         results[setting] = segment_semantic(image, load_model(tiny_unet_path, "cpu"))
-    predict.cpu_has_fast_bfloat16.cache_clear()
+    devices.cpu_has_fast_bfloat16.cache_clear()
     reduced, full = results["1"], results["0"]
     assert np.mean(reduced.classes == full.classes) > 0.98
     np.testing.assert_allclose(reduced.probabilities, full.probabilities, atol=0.05)
@@ -337,7 +344,7 @@ def test_masks_are_pasted_where_their_fractional_box_lies():
     mask = np.zeros((28, 28), np.float32)
     mask[:, :14] = 1
     labels = np.zeros((40, 40), np.int32)
-    painted = predict._paste(labels, mask, np.array([10.3, 4.6, 20.3, 14.6]), 7)
+    painted = paste(labels, mask, np.array([10.3, 4.6, 20.3, 14.6]), 7)
     assert np.flatnonzero(labels[10] == 7).tolist() == [11, 12, 13, 14, 15]
     assert np.flatnonzero(labels[:, 12] == 7).tolist() == list(range(5, 15))
     assert painted == 50
@@ -346,7 +353,7 @@ def test_masks_are_pasted_where_their_fractional_box_lies():
 def test_pasting_clips_boxes_at_the_image_edge():
     labels = np.zeros((20, 20), np.int32)
     box = np.array([-3.5, 15.2, 4.5, 24])
-    painted = predict._paste(labels, np.ones((28, 28), np.float32), box, 1)
+    painted = paste(labels, np.ones((28, 28), np.float32), box, 1)
     expected = np.zeros_like(labels)
     expected[16:, :5] = 1
     np.testing.assert_array_equal(labels, expected)
@@ -359,7 +366,9 @@ def test_mask_threshold_defaults_to_the_models_own(oracle_detector, tiny_maskrcn
     state, metadata = checkpoint.load_checkpoint(tiny_maskrcnn_path)
     metadata.pop("format_version")
     metadata["postprocess"] = {"mask_threshold": 0.9}
-    tuned = checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
+    tuned = _with_oracle(
+        checkpoint.save_checkpoint(tmp_path / "tuned.safetensors", state, metadata)
+    )
     image, truth = disc_image((96, 96), [(30, 30), (60, 65)], 9)
     default = segment_instances(image, tuned)
     explicit = segment_instances(image, tuned, mask_threshold=0.9)

@@ -221,7 +221,7 @@ def test_class_map_values_beyond_the_classes_are_refused(tiny_unet_path):
 
 def test_validation_ignores_objects_in_unannotated_pixels(oracle_unet):
     from napari_instseg.core.data import AnnotatedImage
-    from napari_instseg.core.train import validate
+    from napari_instseg.core.validation import validate
 
     image, labels = disc_image((64, 64), [(16, 16), (45, 45)], 6)
     annotation = labels.copy()

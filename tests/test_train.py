@@ -6,17 +6,13 @@ import torch
 
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
+from napari_instseg.core.batches import detection_target
 from napari_instseg.core.data import AnnotatedImage, unet_targets
-from napari_instseg.core.models.registry import LoadedModel, build_model
+from napari_instseg.core.models.loading import LoadedModel, build_model
 from napari_instseg.core.predict import drain
-from napari_instseg.core.train import (
-    MaskRCNNTrainer,
-    TrainConfig,
-    UNetTrainer,
-    detection_target,
-    validate,
-)
+from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
 from napari_instseg.core.types import Cancelled
+from napari_instseg.core.validation import validate
 
 
 def _config(iterations):
@@ -116,7 +112,7 @@ def test_maskrcnn_trainer_runs_and_cancels(tmp_path):
 
 
 def test_area_weighting_draws_large_images_more_often():
-    from napari_instseg.core.train import sample_indices
+    from napari_instseg.core.batches import sample_indices
 
     small = AnnotatedImage.create(
         "s", np.zeros((16, 16, 3)), np.zeros((16, 16), int), {"low": 1.0, "high": 99.8}
@@ -132,7 +128,7 @@ def test_area_weighting_draws_large_images_more_often():
 
 
 def test_balanced_weighting_gives_rare_kinds_of_image_a_larger_share():
-    from napari_instseg.core.train import sample_indices
+    from napari_instseg.core.batches import sample_indices
 
     def sample(name, kind):
         labels = np.zeros((32, 32), int)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from train_bundled import load_fitting_weights, model_info, parse_config_overrides  # noqa: E402
 
-from napari_instseg.core.models.registry import build_model  # noqa: E402
+from napari_instseg.core.models.loading import build_model  # noqa: E402
 from napari_instseg.core.types import ModelError  # noqa: E402
 
 

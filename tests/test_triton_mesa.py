@@ -26,7 +26,8 @@ CHILD = textwrap.dedent(
     print("mesa llvm loaded:", "libLLVM" in maps)
 
     import numpy as np
-    from napari_instseg.core.models.registry import ModelInfo, LoadedModel, build_model
+    from napari_instseg.core.models.info import ModelInfo
+    from napari_instseg.core.models.loading import LoadedModel, build_model
     from napari_instseg import segment_instances
     import torch
 

@@ -1,11 +1,12 @@
 """Choosing post-processing settings on annotated images."""
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from conftest import disc_image
 from napari_instseg import load_model
-from napari_instseg.core import predict
 from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.tuning import best_detection_thresholds, sweep_detection_thresholds
 
@@ -38,9 +39,10 @@ def _faint_oracle_detect(module, batch, sizes, score_threshold=0.0):
     return detections
 
 
-def test_detection_thresholds_are_chosen_to_match_the_annotations(monkeypatch, tiny_maskrcnn_path):
-    monkeypatch.setattr(predict, "_detect", _faint_oracle_detect)
-    model = load_model(tiny_maskrcnn_path, "cpu")
+def test_detection_thresholds_are_chosen_to_match_the_annotations(tiny_maskrcnn_path):
+    model = dataclasses.replace(
+        load_model(tiny_maskrcnn_path, "cpu"), tile_predictor=_faint_oracle_detect
+    )
     samples = []
     for i, centres in enumerate([[(30, 30), (60, 64)], [(40, 70), (70, 30), (75, 75)]]):
         image, labels = disc_image((96, 96), centres, 8)

@@ -33,7 +33,7 @@ _, widget = viewer.window.add_plugin_dock_widget(
 print("torch when open:", "torch" in sys.modules)
 deadline = time.monotonic() + 120
 from napari_instseg._widgets._common import torch_loaded_in_background
-from napari_instseg.core.models.registry import available_devices
+from napari_instseg.core.devices import available_devices
 while not torch_loaded_in_background() and time.monotonic() < deadline:
     QApplication.processEvents()
     time.sleep(0.01)
@@ -223,7 +223,7 @@ def test_z_stack_whole_and_current_slice(make_napari_viewer, make_widget):
 
 def test_selecting_a_box_shows_its_instance_and_back(make_napari_viewer):
     from napari_instseg import _layers
-    from napari_instseg._widgets.segment import link_boxes_and_labels
+    from napari_instseg._widgets.result_layers import link_boxes_and_labels
     from napari_instseg.core.postprocess import instance_result_from_labels
 
     _, truth = disc_image((64, 64), [(16, 16), (45, 45), (16, 48)], 6)

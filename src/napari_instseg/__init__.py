@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 _API = {
     "segment_instances": "napari_instseg.core.predict",
     "segment_semantic": "napari_instseg.core.predict",
-    "load_model": "napari_instseg.core.models.registry",
+    "load_model": "napari_instseg.core.models.loading",
     "list_models": "napari_instseg.core.models.registry",
     "InstanceResult": "napari_instseg.core.types",
     "SemanticResult": "napari_instseg.core.types",

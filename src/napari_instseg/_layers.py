@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .core.models.architectures import SEMANTIC
 from .core.types import InstanceResult, SemanticResult
 
 # Tag stored in layer.metadata so re-runs can find the layers this plugin made.
@@ -132,3 +133,22 @@ def classes_layer(result: SemanticResult, name: str, geometry: dict, model=""):
         },
         "labels",
     )
+
+
+def result_layers(task: str, source, result, offset, channel_axis, names: dict) -> list:
+    """The layer data tuples of one run: for U-Nets the class map, then the
+    instances and their boxes, placed on ``source`` (an image layer)."""
+    model = names["model"]
+    geometry = geometry_from(source, stack_offset=offset, channel_axis=channel_axis)
+    data = source.data if not source.multiscale else source.data[0]
+    intensity = None
+    if not offset and data.size <= 64e6 and (channel_axis is None or source.rgb):
+        intensity = np.asarray(data)
+    instances = result.instances if task == SEMANTIC else result
+    tuples = [
+        labels_layer(instances, names["instances"], geometry, intensity, model),
+        boxes_layer(instances, names["boxes"], geometry, model, names["show_text"]),
+    ]
+    if task == SEMANTIC:
+        tuples.insert(0, classes_layer(result, names["classes"], geometry, model))
+    return tuples

@@ -3,7 +3,10 @@ and a segmentation from a bundled model shown."""
 
 from __future__ import annotations
 
-from .core.models.registry import bundled_weights_path
+from .core.models import checkpoint
+from .core.models.architectures import ARCHITECTURES, INSTANCE
+from .core.models.bundled import bundled_weights_path
+from .core.models.registry import registered
 
 
 def demo_model() -> tuple[str, str] | None:
@@ -32,11 +35,11 @@ def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
     )
     choice = demo_model()
     if model is not None:
-        widget = instance if "maskrcnn" in model else semantic
+        widget = instance if _task_of(model) == INSTANCE else semantic
         widget.model.value = model
         choice = ("", model)
     elif choice is not None:
-        widget = instance if choice[1] == "nuclei-maskrcnn" else semantic
+        widget = instance if _task_of(choice[1]) == INSTANCE else semantic
     if choice is None:
         print("no bundled model weights are installed: showing the sample only")
     else:
@@ -57,3 +60,12 @@ def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
         return 0
     napari.run()
     return 0
+
+
+def _task_of(model: str) -> str | None:
+    """The task of a registered model or a checkpoint file, read without torch."""
+    entry = registered(model)
+    if entry is not None:
+        return entry.task
+    architecture = checkpoint.read_metadata(model).get("architecture")
+    return ARCHITECTURES[architecture].task if architecture in ARCHITECTURES else None

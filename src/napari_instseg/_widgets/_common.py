@@ -73,9 +73,21 @@ def import_torch(detection: bool = False) -> list[str]:
     circular imports. Fast once the modules are loaded."""
     with _torch_import:
         # importing core first loads triton's library in isolation (core.torch_setup)
-        from ..core.models import registry
+        from ..core.devices import available_devices
 
-        devices = registry.available_devices()
+        devices = available_devices()
         if detection:
             import torchvision.models.detection  # noqa: F401
     return devices
+
+
+class UserError(Exception):
+    pass
+
+
+def error_message(err: BaseException) -> str:
+    from ..core.types import InputError, ModelError
+
+    if isinstance(err, (InputError, ModelError)):
+        return str(err)
+    return f"{type(err).__name__}: {err}".splitlines()[0]

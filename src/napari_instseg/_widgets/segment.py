@@ -5,10 +5,7 @@ They read the chosen layer, run the core engine's generator in a napari
 result into layers via ``_layers``. ``run(blocking=True)`` runs in the calling
 thread and returns the layers, for scripts and tests.
 
-Re-run policy (never destroy work): a result layer made by this widget is
-updated in place only while its data is untouched since we wrote it. If the
-user edited it, renamed it or removed it, a new layer is added instead
-("... [new]"), and the edited one is left as it is. Cancelling or an error
+A re-run never destroys work (``result_layers``); cancelling or an error
 changes no layer.
 
 Responsiveness: the worker also builds new Shapes layers (they triangulate
@@ -33,7 +30,13 @@ from magicgui.widgets import (
 )
 
 from .. import _layers
-from ._common import device_picker, import_torch, wrapping_label
+from ..core import options
+
+# the registry lists models and reads their settings without torch: the widget opens fast
+from ..core.models import registry
+from ..core.models.architectures import INSTANCE, SEMANTIC
+from ._common import UserError, device_picker, error_message, import_torch, wrapping_label
+from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
 
 if TYPE_CHECKING:
     import napari
@@ -41,34 +44,29 @@ if TYPE_CHECKING:
 LOAD_CHECKPOINT = "Load checkpoint…"
 AUTO_CHANNELS = "auto (RGB: last axis)"
 WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
-_DEFAULT_MODEL = {"instance": "nuclei-maskrcnn", "semantic": "nuclei-unet"}
-_ARCHITECTURE = {"instance": "maskrcnn", "semantic": "unet"}
-
-
-def _registry():
-    from ..core.models import registry
-
-    return registry
+_DEFAULT_MODEL = {INSTANCE: "nuclei-maskrcnn", SEMANTIC: "nuclei-unet"}
 
 
 class _SegmentationWidget(Container):
-    task = "instance"
+    task = INSTANCE
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self._worker = None
         self._activity = None  # napari progress shown while a worker runs
-        self._written: dict[str, _WrittenLayer] = {}  # result layers this widget made
+        self._writer = ResultLayerWriter(napari_viewer)
         # napari's layer features need pandas. Imported first by the worker, its
         # C extensions hold the interpreter's lock, freezing the UI for ~0.2 s.
         import pandas  # noqa: F401
 
-        _registry().register_remembered_checkpoints()
+        from ..core.models import user_settings
+
+        user_settings.register_remembered_checkpoints()
         self.image_layer = ComboBox(label="Image", choices=self._image_layers)
         self.model = ComboBox(label="Model", choices=self._model_choices)
         self.model.value = self._default_model()
-        self.device = device_picker(detection=self.task == "instance")
+        self.device = device_picker(detection=self.task == INSTANCE)
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
         self.scope = ComboBox(label="Stack", choices=[WHOLE_STACK, CURRENT_SLICE])
         self.tile_size = SpinBox(label="Tile size (0 = auto)", min=0, max=8192, step=64, value=0)
@@ -96,7 +94,7 @@ class _SegmentationWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._on_model_changed)
         self.image_layer.changed.connect(self._on_image_changed)
-        _registry().on_registry_change(self._on_registry_change)
+        registry.on_registry_change(self._on_registry_change)
         self.viewer.layers.events.inserted.connect(self.image_layer.reset_choices)
         self.viewer.layers.events.removed.connect(self.image_layer.reset_choices)
         self._on_image_changed()
@@ -111,7 +109,7 @@ class _SegmentationWidget(Container):
     def _default_model(self) -> str | None:
         """The bundled model when its weights are installed, else the first
         model of this task that can run."""
-        models = _registry().models_for_task(self.task)
+        models = registry.models_for_task(self.task)
         ready = [name for name, available in models if available]
         preferred = _DEFAULT_MODEL[self.task]
         if preferred in ready:
@@ -122,7 +120,7 @@ class _SegmentationWidget(Container):
         """Models of this widget's task; those without weights say so."""
         choices = [
             (name if available else f"{name} (weights not installed)", name)
-            for name, available in _registry().models_for_task(self.task)
+            for name, available in registry.models_for_task(self.task)
         ]
         return [*choices, (LOAD_CHECKPOINT, LOAD_CHECKPOINT)]
 
@@ -153,7 +151,7 @@ class _SegmentationWidget(Container):
     def _on_model_changed(self, value):
         if value != LOAD_CHECKPOINT:
             if value is not None:
-                self._show_model_defaults(_registry().stored_postprocess(value))
+                self._show_model_defaults(registry.stored_postprocess(value))
             return
         from qtpy.QtWidgets import QFileDialog
 
@@ -167,17 +165,20 @@ class _SegmentationWidget(Container):
 
     def load_checkpoint(self, path) -> str | None:
         """Register a checkpoint file (remembered for later sessions) and select it."""
+        from ..core.models import checkpoint, user_settings
+        from ..core.models.architectures import ARCHITECTURES
         from ..core.types import ModelError
 
         try:
-            metadata = _registry().checkpoint.read_metadata(path)
-            if _ARCHITECTURE[self.task] != metadata.get("architecture"):
-                other = "Instance" if self.task == "semantic" else "Semantic"
+            metadata = checkpoint.read_metadata(path)
+            record = ARCHITECTURES.get(metadata.get("architecture"))
+            if record is None or record.task != self.task:
+                other = "Instance" if self.task == SEMANTIC else "Semantic"
                 raise ModelError(
                     f"{Path(path).name} is a {metadata.get('architecture')} model; open it in "
                     f"the {other} segmentation widget"
                 )
-            name = _registry().remember_checkpoint(path)
+            name = user_settings.remember_checkpoint(path)
         except ModelError as err:
             self._show_error(str(err))
             self.model.value = self._default_model()
@@ -197,9 +198,9 @@ class _SegmentationWidget(Container):
         """(layer, data to segment, slice offset) for the current settings."""
         layer = self.image_layer.value
         if layer is None:
-            raise _UserError("open an image layer first")
+            raise UserError("open an image layer first")
         if self.model.value in (None, LOAD_CHECKPOINT):
-            raise _UserError("choose a model")
+            raise UserError("choose a model")
         data = layer.data if not layer.multiscale else layer.data[0]
         channel_axis = self._selected_channel_axis(layer)
         n_stack = data.ndim - 2 - (channel_axis is not None)
@@ -224,7 +225,7 @@ class _SegmentationWidget(Container):
             "channel_axis": channel_axis,
             **self._engine_kwargs(),
         }
-        if self.task == "instance":
+        if self.task == INSTANCE:
             return predict.iter_segment_instances(data, **kwargs)
         return predict.iter_segment_semantic(data, **kwargs)
 
@@ -237,35 +238,33 @@ class _SegmentationWidget(Container):
         self.status.value = ""
         try:
             layer, data, channel_axis, offset = self._request()
-        except _UserError as err:
+        except UserError as err:
             self._show_error(str(err))
             return None
         names = self._result_names(layer)  # fixed now, whatever the pickers say later
         if blocking:
-            import_torch(self.task == "instance")
+            import_torch(self.task == INSTANCE)
             from ..core.predict import drain
 
             try:
                 result = drain(self._make_generator(data, channel_axis), self._on_progress)
             except Exception as err:
-                self._show_error(_message(err))
+                self._show_error(error_message(err))
                 raise
             tuples = self._layer_tuples(layer, result, offset, channel_axis, names)
             return self._put_layers(tuples, layer, incremental=False)
         from napari.qt.threading import create_worker
 
         def work():
-            import_torch(self.task == "instance")
+            import_torch(self.task == INSTANCE)
             result = yield from self._make_generator(data, channel_axis)
             # features, boxes, geometry and new layers are built here, off the main thread
-            return _with_built_layers(
-                self._layer_tuples(layer, result, offset, channel_axis, names)
-            )
+            return with_built_layers(self._layer_tuples(layer, result, offset, channel_axis, names))
 
         worker = create_worker(work, _start_thread=False)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda tuples: self._put_layers(tuples, layer, incremental=True))
-        worker.errored.connect(lambda err: self._show_error(_message(err)))
+        worker.errored.connect(lambda err: self._show_error(error_message(err)))
         worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
         worker.finished.connect(self._on_finished)
         self._worker = worker
@@ -319,20 +318,7 @@ class _SegmentationWidget(Container):
 
     def _layer_tuples(self, source, result, offset, channel_axis, names) -> list:
         """Layer data tuples of a result (Qt-free, so the worker thread builds them)."""
-        model = names["model"]
-        geometry = _layers.geometry_from(source, stack_offset=offset, channel_axis=channel_axis)
-        data = source.data if not source.multiscale else source.data[0]
-        intensity = None
-        if not offset and data.size <= 64e6 and (channel_axis is None or source.rgb):
-            intensity = np.asarray(data)
-        instances = result if self.task == "instance" else result.instances
-        tuples = [
-            _layers.labels_layer(instances, names["instances"], geometry, intensity, model),
-            _layers.boxes_layer(instances, names["boxes"], geometry, model, names["show_text"]),
-        ]
-        if self.task == "semantic":
-            tuples.insert(0, _layers.classes_layer(result, names["classes"], geometry, model))
-        return tuples
+        return _layers.result_layers(self.task, source, result, offset, channel_axis, names)
 
     def _put_layers(self, tuples, source, incremental: bool) -> list:
         """Add or update the result layers. ``incremental`` adds one layer per
@@ -349,7 +335,7 @@ class _SegmentationWidget(Container):
             self._set_status(f"{count} objects found{note}.")
 
         def step():
-            layers.append(self._put_layer(pending.pop(0)))
+            layers.append(self._writer.put(pending.pop(0)))
             if not pending:
                 finish()
             elif incremental:
@@ -362,145 +348,19 @@ class _SegmentationWidget(Container):
         step()
         return layers
 
-    def _put_layer(self, layer_tuple):
-        data, kwargs, kind, *built = layer_tuple
-        name = kwargs["name"]
-        previous = self._written.get(name)
-        if previous is not None and not previous.edited:
-            layer = previous.layer
-            if layer in self.viewer.layers and layer.name == previous.name:
-                # untouched since we wrote it: update in place (keeps its
-                # position in the layer list and the user's display settings)
-                with previous.writing():
-                    _update_layer(layer, data, kwargs)
-                return layer
-        if name in self.viewer.layers:  # edited by the user, or not ours: keep it
-            kwargs = {**kwargs, "name": f"{name} [new]"}
-        if built:  # made in the worker
-            layer = built[0]
-            layer.name = kwargs["name"]
-            self.viewer.add_layer(layer)
-        else:
-            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        self._written[name] = _WrittenLayer(layer)
-        return layer
-
-
-def _with_built_layers(tuples) -> list:
-    """Shapes layer tuples extended with the layer made from them (no Qt: safe
-    in a worker). The tuple is kept for updating an existing layer. Labels
-    layers are cheap to make on the main thread, and making the first one of a
-    session in a worker held the interpreter's lock for 0.1-0.3 s (imports)."""
-    from napari.layers import Shapes
-
-    return [(*t, Shapes(t[0], **t[1])) if t[2] == "shapes" else t for t in tuples]
-
-
-class _WrittenLayer:
-    """A result layer and whether the user changed it since we wrote it.
-
-    Watching napari's events (painting, filling, erasing, new data, renaming,
-    moving shapes) costs nothing, unlike comparing large arrays.
-    """
-
-    def __init__(self, layer):
-        self.layer = layer
-        self.edited = False
-        self._ours = False
-        self.name = layer.name  # the name it was given (maybe "... [new]")
-        # not "set_data": napari emits it on every refresh (moving a slider)
-        for name in ("paint", "data", "name"):
-            emitter = getattr(layer.events, name, None)
-            if emitter is not None:
-                emitter.connect(self._on_change)
-
-    def _on_change(self, event=None):
-        if not self._ours:
-            self.edited = True
-
-    def writing(self):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def ours():
-            self._ours = True
-            try:
-                yield
-            finally:
-                self._ours = False
-
-        return ours()
-
-
-def _update_layer(layer, data, kwargs) -> None:
-    layer.data = data
-    for key in ("scale", "translate", "rotate", "shear", "affine", "features", "metadata"):
-        if key in kwargs:
-            setattr(layer, key, kwargs[key])
-    if len(data) and "edge_color" in kwargs:
-        layer.edge_color = kwargs["edge_color"]
-    if "text" in kwargs:
-        layer.text = kwargs["text"]
-
-
-def link_boxes_and_labels(labels, boxes) -> None:
-    """Selecting a box highlights its instance; picking a label selects its box."""
-    if "label_id" not in boxes.features:
-        return
-    busy = []
-
-    def on_box_selection(*_):
-        if busy:
-            return
-        selected = list(boxes.selected_data)
-        busy.append(True)
-        try:
-            if len(selected) == 1:
-                labels.selected_label = int(boxes.features["label_id"].iloc[selected[0]])
-                labels.show_selected_label = True
-            else:
-                labels.show_selected_label = False
-        finally:
-            busy.clear()
-
-    def on_label_selected(*_):
-        if busy:
-            return
-        rows = np.flatnonzero(boxes.features["label_id"].to_numpy() == labels.selected_label)
-        busy.append(True)
-        try:
-            boxes.selected_data = set(rows.tolist())
-        finally:
-            busy.clear()
-
-    boxes.selected_data.events.items_changed.connect(on_box_selection)
-    labels.events.selected_label.connect(on_label_selected)
-
-
-class _UserError(Exception):
-    pass
-
-
-def _message(err: BaseException) -> str:
-    from ..core.types import InputError, ModelError
-
-    if isinstance(err, (InputError, ModelError)):
-        return str(err)
-    return f"{type(err).__name__}: {err}".splitlines()[0]
-
 
 class InstanceSegmentationWidget(_SegmentationWidget):
     """Instance segmentation (Mask R-CNN): labels, boxes and scores."""
 
-    task = "instance"
+    task = INSTANCE
 
     def _task_controls(self):
         self.score_threshold = FloatSpinBox(
-            label="Score threshold", min=0.0, max=1.0, step=0.05, value=0.5
+            label="Score threshold", min=0.0, max=1.0, step=0.05, value=options.SCORE_THRESHOLD
         )
         # lower paints each object larger, higher smaller
         self.mask_threshold = FloatSpinBox(
-            label="Mask threshold", min=0.05, max=0.95, step=0.05, value=0.5
+            label="Mask threshold", min=0.05, max=0.95, step=0.05, value=options.MASK_THRESHOLD
         )
         self.mask_threshold.tooltip = (
             "Mask probability counted as inside an object: lower grows objects, higher shrinks them"
@@ -510,8 +370,9 @@ class InstanceSegmentationWidget(_SegmentationWidget):
 
     def _show_model_defaults(self, postprocess):
         # the thresholds chosen for the model on its training images, else 0.5
-        self.score_threshold.value = float(postprocess.get("score_threshold", 0.5))
-        self.mask_threshold.value = float(postprocess.get("mask_threshold", 0.5))
+        self.score_threshold.value, self.mask_threshold.value = options.detection_thresholds(
+            None, None, postprocess
+        )
 
     def _engine_kwargs(self):
         return {
@@ -523,7 +384,7 @@ class InstanceSegmentationWidget(_SegmentationWidget):
 class SemanticSegmentationWidget(_SegmentationWidget):
     """Semantic segmentation (U-Net): class map plus derived instances."""
 
-    task = "semantic"
+    task = SEMANTIC
 
     def _task_controls(self):
         # 0 keeps the size stored with the model (chosen when it was trained or tuned)

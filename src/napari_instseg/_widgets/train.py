@@ -172,7 +172,8 @@ class TrainWidget(Container):
         import torch
 
         from ..core import finetune
-        from ..core.models.registry import load_model, remember_checkpoint
+        from ..core.models.loading import load_model
+        from ..core.models.user_settings import remember_checkpoint
 
         base = load_model(self.base_model.value, self.device.value)
         output = Path(self.output.value)

@@ -16,37 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from .data import AnnotatedImage, paired_files, read_image, read_instance_classes
+from .devices import resolve_device
 from .models import checkpoint
-from .models.registry import LoadedModel, ModelInfo, build_model, load_model, resolve_device
+from .models.architectures import ARCHITECTURES, SEMANTIC
+from .models.info import ModelInfo
+from .models.loading import LoadedModel, build_model, load_model
 from .normalize import as_model_channels
-from .train import (
-    MaskRCNNTrainer,
-    SemanticUNetTrainer,
-    TrainConfig,
-    Trainer,
-    UNetTrainer,
-    validate,
-)
+from .train import Trainer
+from .training_config import TrainConfig
 from .types import InputError
+from .validation import validate
 
-# Architectures for training from scratch (same as the bundled models).
-NEW_MODEL_CONFIGS = {
-    "unet": {"in_channels": 3, "widths": [16, 32, 64, 128, 256], "norm": "batch"},
-    "maskrcnn": {
-        "backbone": "resnet18",
-        "norm": "batch",
-        "anchor_sizes": [8, 16, 32, 64, 128],
-        "detections_per_image": 500,
-        "fpn_channels": 128,
-        "box_head_size": 256,
-        "mask_head_channels": 64,
-        "box_batch_size_per_image": 128,
-        "rpn_pre_nms_top_n_train": 1000,
-        "rpn_post_nms_top_n_train": 500,
-        "rpn_pre_nms_top_n_test": 1000,
-        "rpn_post_nms_top_n_test": 500,
-    },
-}
+# Architectures for training from scratch: the bundled models' layouts
+NEW_MODEL_CONFIGS = {name: record.new_model_config for name, record in ARCHITECTURES.items()}
 MIN_OBJECTS_WITHOUT_WARNING = 20
 FREEZE_BATCHNORM_BELOW = 4  # training images
 
@@ -151,8 +133,8 @@ class FineTuneJob:
         if (
             tune_postprocess
             and trainer.val_samples
-            and isinstance(trainer, UNetTrainer)
-            and (not trainer.semantic)
+            and trainer.loaded.info.task == SEMANTIC
+            and not trainer.semantic  # instances derived from the class map
         ):
             from .tuning import best_postprocess, sweep_postprocess
 
@@ -197,9 +179,10 @@ def prepare(
     train, val, split_warning = _split(list(train), val, val_fraction, seed)
     if split_warning:
         warnings.append(split_warning)
-    if loaded.info.architecture == "maskrcnn" and any(s.ignore_value is not None for s in train):
+    record = ARCHITECTURES[loaded.info.architecture]
+    if not record.learns_ignored_pixels and any(s.ignore_value is not None for s in train):
         warnings.append(
-            "Mask R-CNN cannot skip pixels in training: unannotated pixels count "
+            f"{record.title} cannot skip pixels in training: unannotated pixels count "
             "as background (use 'annotated region only' to crop them away)"
         )
     n_objects = sum(sample.object_count for sample in train)
@@ -207,7 +190,7 @@ def prepare(
         warnings.append(f"only {n_objects} annotated objects: expect a small improvement at best")
     smallest = min(min(s.labels.shape) for s in train)
     crop = int(min(256, max(32, 2 ** math.floor(math.log2(max(smallest, 32))))))
-    batch = batch_size or (8 if loaded.info.architecture == "unet" else 4)
+    batch = batch_size or record.train_batch_size
     if epochs is None and max_minutes is None:
         epochs = 50
     iterations = max(1, math.ceil(epochs * len(train) / batch)) if epochs is not None else 10**7
@@ -228,13 +211,7 @@ def prepare(
         selection_margin=0.0 if semantic else validation_margin(val),
     )
     config.augment.crop_size = crop
-    trainer_class = (
-        MaskRCNNTrainer
-        if loaded.info.architecture == "maskrcnn"
-        else SemanticUNetTrainer
-        if semantic
-        else UNetTrainer
-    )
+    trainer_class = record.trainer(semantic)
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="instseg-train-"))
     for stale in ("best.safetensors", "state.pt", "log.csv"):  # a fresh run starts clean
         (run_dir / stale).unlink(missing_ok=True)
@@ -266,39 +243,29 @@ def validation_margin(val: list[AnnotatedImage]) -> float:
     return 1 / math.sqrt(max(n_objects, 1))
 
 
-def _starting_model(model, architecture, class_names, device, name, semantic) -> LoadedModel:
+def _starting_model(model, architecture_name, class_names, device, name, semantic) -> LoadedModel:
     target = resolve_device(device)
-    if semantic and architecture == "maskrcnn":
-        raise InputError("class maps (--semantic) train a U-Net, not a Mask R-CNN")
-    if architecture is not None:
-        if architecture not in NEW_MODEL_CONFIGS:
-            raise InputError(f"unknown architecture {architecture!r} (use unet or maskrcnn)")
-        if not class_names:
-            raise InputError("training a new model needs its class names (--classes)")
-        config = dict(NEW_MODEL_CONFIGS[architecture])
-        if architecture == "unet":
-            names = ["background", *class_names]
-            if not semantic:  # instances from a boundary-aware class map
-                names = ["background", class_names[0], "boundary"]
-            config["num_classes"] = len(names)
-        else:
-            names = ["background", *class_names]
-            config["num_classes"] = len(names)
+    if architecture_name is not None:
+        if architecture_name not in ARCHITECTURES:
+            known = " or ".join(ARCHITECTURES)
+            raise InputError(f"unknown architecture {architecture_name!r} (use {known})")
+        record = ARCHITECTURES[architecture_name]
+        names = record.new_model_classes(list(class_names or []), semantic)
         info = ModelInfo(
             name=name,
-            architecture=architecture,
-            config=config,
+            architecture=architecture_name,
+            config={**record.new_model_config, "num_classes": len(names)},
             class_names=names,
-            description=f"{architecture} trained with napari-instseg on the user's data",
-            postprocess={"min_size": 8, "instance_class": names[1]}
-            if architecture == "unet"
-            else {},
+            description=f"{record.title} trained with napari-instseg on the user's data",
+            postprocess=record.new_model_postprocess(names),
         )
         return LoadedModel(build_model(info).to(target), info, target)
     if model is None:
         raise InputError("choose a model to fine-tune, or an architecture to train from scratch")
     base = load_model(model, device)
-    # train a copy, never the caller's (or a widget's cached) model in place
+    if semantic and not ARCHITECTURES[base.info.architecture].learns_class_maps:
+        raise InputError(f"--semantic training needs a U-Net, not a {base.info.architecture}")
+    # train a copy, never the caller's (or the cache's) model in place
     info = ModelInfo.from_metadata(
         {
             **base.info.to_metadata(),
@@ -308,8 +275,6 @@ def _starting_model(model, architecture, class_names, device, name, semantic) ->
     )
     module = build_model(info)
     module.load_state_dict(base.module.state_dict())
-    if semantic and base.info.architecture != "unet":
-        raise InputError("--semantic training needs a U-Net")
     return LoadedModel(module.to(target), info, target)
 
 

@@ -97,3 +97,60 @@ def instance_result_from_labels(
         class_ids=np.ones(n, np.int64) if class_ids is None else np.asarray(class_ids, np.int64),
         class_names=list(class_names),
     )
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if labels.shape == shape:
+        return labels
+    from skimage.transform import resize
+
+    return resize(labels, shape, order=0, preserve_range=True, anti_aliasing=False).astype(
+        labels.dtype
+    )
+
+
+def resize_instances(result: InstanceResult, shape: tuple[int, int]) -> InstanceResult:
+    """Labels resized back to ``shape``; objects lost in resizing (slivers)
+    drop out of the per-object arrays too."""
+    labels = resize_labels(result.labels, shape)
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=len(result) + 1))
+    present = present[present > 0]
+    rows = present - 1  # ids are 1..N in row order
+    return instance_result_from_labels(
+        relabel_sequential(labels),
+        result.class_names,
+        result.scores[rows],
+        result.class_ids[rows],
+    )
+
+
+def stack_instances(
+    results: list[InstanceResult], stack_shape, spatial, class_names
+) -> InstanceResult:
+    """Combine per-slice results into one stack result; ids stay unique across slices."""
+    if not stack_shape:
+        return results[0]
+    total = sum(len(r) for r in results)
+    dtype = smallest_label_dtype(total)
+    labels = np.zeros((len(results), *spatial), dtype)
+    offset = 0
+    label_ids, boxes, scores, class_ids, stack_index = [], [], [], [], []
+    for i, r in enumerate(results):
+        slice_labels = r.labels.astype(dtype)
+        slice_labels[slice_labels > 0] += dtype.type(offset)
+        labels[i] = slice_labels
+        label_ids.append(r.label_ids + offset)
+        boxes.append(r.boxes)
+        scores.append(r.scores)
+        class_ids.append(r.class_ids)
+        stack_index.append(np.full(len(r), i, np.int64))
+        offset += len(r)
+    return InstanceResult(
+        labels=labels.reshape(*stack_shape, *spatial),
+        label_ids=np.concatenate(label_ids),
+        boxes=np.concatenate(boxes).reshape(-1, 4),
+        scores=np.concatenate(scores),
+        class_ids=np.concatenate(class_ids),
+        class_names=class_names,
+        stack_index=np.concatenate(stack_index),
+    )

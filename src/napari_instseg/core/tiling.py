@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+# A side up to this many model tiles runs as one tile: a 520x696 frame cut
+# into four 512 px tiles ran 2.6x (Mask R-CNN) to 3.7x (U-Net) slower than
+# in one piece, because the overlaps were predicted twice or four times.
+WHOLE_SIDE_UP_TO = 1.5
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -50,12 +56,33 @@ class Tile:
     row: int
 
 
+def fitted_tile(length: int, tile: int, overlap: int) -> int:
+    """The tile length to use along an axis: the whole axis when it is at most
+    ``WHOLE_SIDE_UP_TO`` tiles long, else the shortest length (at most
+    ``tile``) that covers the axis with as few tiles as ``tile`` would, so the
+    tiles share the axis evenly instead of the last one overlapping most."""
+    if length <= WHOLE_SIDE_UP_TO * tile:
+        return length
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return min(tile, math.ceil((length + (count - 1) * overlap) / count))
+
+
 def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
-    """Tiles in raster order (row by row)."""
-    ys, xs = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    own_ys, own_xs = ownership_bounds(ys, tile, height), ownership_bounds(xs, tile, width)
+    """Tiles of ``tile`` pixels (at most) in raster order (row by row)."""
+    return _grid(height, width, tile, tile, overlap)
+
+
+def fitted_tile_grid(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """The engine's grid: tiles fitted to the image (``fitted_tile``)."""
+    th, tw = fitted_tile(height, tile, overlap), fitted_tile(width, tile, overlap)
+    return _grid(height, width, th, tw, overlap)
+
+
+def _grid(height: int, width: int, tile_h: int, tile_w: int, overlap: int) -> list[Tile]:
+    ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    own_ys, own_xs = ownership_bounds(ys, tile_h, height), ownership_bounds(xs, tile_w, width)
     return [
-        Tile(y, min(y + tile, height), x, min(x + tile, width), oy, ox, row)
+        Tile(y, min(y + tile_h, height), x, min(x + tile_w, width), oy, ox, row)
         for row, (y, oy) in enumerate(zip(ys, own_ys))
         for x, ox in zip(xs, own_xs)
     ]

@@ -13,234 +13,22 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .data import IGNORE_INDEX, AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
-from .metrics import match_counts
+from .batches import maskrcnn_batch, unet_batch
+from .data import IGNORE_INDEX, AnnotatedImage
+from .devices import cpu_has_fast_bfloat16
+from .files import atomic_write
 from .models import checkpoint
-from .models.registry import LoadedModel
-from .predict import cpu_has_fast_bfloat16
+from .models.loading import LoadedModel
+from .training_config import TrainConfig, TrainState, learning_rate_at
 from .types import Cancelled, Progress
-
-
-@dataclass
-class TrainConfig:
-    iterations: int = 6000
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_iterations: int = 200
-    class_weights: tuple[float, ...] = (1.0, 1.0, 2.0)
-    val_every: int = 500
-    checkpoint_every: int = 100
-    seed: int = 0
-    clip_grad_norm: float = 10.0
-    sample_weighting: str = "uniform"  # or "area" or "balanced" (see sample_indices)
-    # Fine-tuning on a few images: keep BatchNorm's running statistics from the
-    # base model (batches of one small domain would overwrite them) and train
-    # only the weights.
-    freeze_batchnorm: bool = False
-    max_minutes: float | None = None
-    # Choosing the model by validation: 0 keeps the best-scoring checkpoint. A
-    # positive margin keeps the latest checkpoint scoring within it of the best
-    # seen (the validation's margin of error: a few validation objects cannot
-    # tell checkpoints apart, and the longer-trained one is then the better bet).
-    selection_margin: float = 0.0
-    # bfloat16 autocast on CPUs with native bfloat16 units (see
-    # predict.cpu_has_fast_bfloat16), for models whose trainer allows it. GPUs
-    # always train in bfloat16 autocast.
-    cpu_bfloat16: bool = False
-    # Processes that make the upcoming batches (crops, augmentation, targets)
-    # while the model trains; 0 makes each in the loop. Beside a GPU the loop
-    # otherwise waits for them: 16 Mask R-CNN crops of 384 px take 0.35 s to
-    # make on one EPYC core, and an iteration on an H200 took 0.69 s in all.
-    # Batches are a function of (seed, iteration) alone, so runs are identical
-    # with any number of workers.
-    data_workers: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-@dataclass
-class TrainState:
-    iteration: int = 0
-    best_score: float = -1.0  # validation score of the chosen model
-    best_iteration: int = 0
-    seconds: float = 0.0
-    top_score: float = -1.0  # highest validation score seen
-
-
-def learning_rate_at(config: TrainConfig, iteration: int, time_fraction: float = 0.0) -> float:
-    """Linear warm-up, then cosine decay to 1% of the peak. With a time
-    budget, the decay follows whichever runs out first: iterations or time."""
-    if iteration < config.warmup_iterations:
-        return config.learning_rate * (iteration + 1) / config.warmup_iterations
-    progress = (iteration - config.warmup_iterations) / max(
-        1, config.iterations - config.warmup_iterations
-    )
-    progress = max(progress, time_fraction)
-    return config.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1, progress))))
-
-
-def sample_indices(samples: Sequence[AnnotatedImage], config: TrainConfig, rng) -> np.ndarray:
-    """Which images the batch's crops come from.
-
-    ``area`` draws an image with probability proportional to the square root
-    of its area, so a 1024 x 1024 field (16 crops' worth of pixels) is drawn 4x
-    as often as a 256 x 256 one instead of as rarely. ``balanced`` does that
-    within each kind of image (``AnnotatedImage.kind``) and gives each kind a
-    share proportional to the square root of its area weight: a rare kind
-    (13 gray brightfield images among 533 in DSB2018: 7% of area-weighted
-    draws, 18% balanced) is seen more often, the common kind still most.
-    """
-    if config.sample_weighting == "uniform":
-        return rng.integers(0, len(samples), config.batch_size)
-    weights = np.sqrt(np.array([s.labels.size for s in samples], float))
-    if config.sample_weighting == "balanced":
-        kinds = np.array([s.kind for s in samples])
-        for kind in np.unique(kinds):
-            of_kind = kinds == kind
-            total = weights[of_kind].sum()
-            weights[of_kind] *= np.sqrt(total) / total
-    elif config.sample_weighting != "area":
-        raise ValueError(f"unknown sample weighting {config.sample_weighting!r}")
-    return rng.choice(len(samples), config.batch_size, p=weights / weights.sum())
-
-
-def unet_batch(
-    samples: Sequence[AnnotatedImage],
-    config: TrainConfig,
-    rng: np.random.Generator,
-    semantic: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops and targets: boundary-aware classes from instance labels, or the
-    class maps themselves (``semantic``)."""
-    images, targets = [], []
-    for index in sample_indices(samples, config, rng):
-        sample = samples[int(index)]
-        image, labels = augmented_crop(sample, config.augment, rng)
-        images.append(image)
-        if semantic:
-            target = labels.astype(np.uint8)
-            if sample.ignore_value is not None:
-                target[labels == sample.ignore_value] = IGNORE_INDEX
-        else:
-            target = unet_targets(labels, sample.ignore_value)
-        targets.append(target)
-    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)).long()
-
-
-def detection_target(
-    labels: np.ndarray, min_area: int = 4, instance_classes: dict[int, int] | None = None
-) -> dict[str, torch.Tensor]:
-    """torchvision detection target (boxes x1,y1,x2,y2, labels, masks) of a crop;
-    slivers cut by the crop edge (< ``min_area`` px or < 2 px wide) are dropped.
-    ``instance_classes`` gives each instance's class index (default 1)."""
-    from scipy import ndimage
-
-    ids = np.flatnonzero(np.bincount(labels.ravel()) >= min_area)
-    ids = ids[ids > 0]
-    boxes, keep = [], []
-    slices = ndimage.find_objects(labels)
-    for label_id in ids:
-        sl = slices[label_id - 1]
-        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-        if y1 - y0 >= 2 and x1 - x0 >= 2:
-            boxes.append([x0, y0, x1, y1])
-            keep.append(label_id)
-    keep = np.asarray(keep, dtype=labels.dtype)
-    masks = labels[None] == keep[:, None, None]
-    classes = [(instance_classes or {}).get(int(i), 1) for i in keep]
-    return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "labels": torch.tensor(classes, dtype=torch.int64),
-        "masks": torch.from_numpy(masks.astype(np.uint8)),
-    }
-
-
-def maskrcnn_batch(samples, config: TrainConfig, rng: np.random.Generator):
-    images, targets = [], []
-    for index in sample_indices(samples, config, rng):
-        sample = samples[int(index)]
-        image, labels = augmented_crop(sample, config.augment, rng)
-        if sample.ignore_value is not None:
-            labels = np.where(labels == sample.ignore_value, 0, labels)
-        images.append(torch.from_numpy(image))
-        targets.append(detection_target(labels, instance_classes=sample.instance_classes))
-    return images, targets
-
-
-def semantic_mean_iou(loaded: LoadedModel, samples: Sequence[AnnotatedImage]) -> float:
-    """Mean IoU over the foreground classes, pixels summed over images."""
-    from .predict import segment_semantic
-
-    n = len(loaded.info.class_names)
-    confusion = np.zeros((n, n), np.int64)
-    for sample in samples:
-        pred = segment_semantic(
-            sample.image, loaded, channel_axis=sample.channel_axis, return_probabilities=False
-        ).classes
-        valid = sample.labels < n
-        if sample.ignore_value is not None:
-            valid &= sample.labels != sample.ignore_value
-        pairs = sample.labels[valid].astype(np.int64) * n + pred[valid]
-        confusion += np.bincount(pairs, minlength=n * n).reshape(n, n)
-    inter = np.diag(confusion)[1:]
-    union = (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))[1:]
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else 0.0
-
-
-def validate(
-    loaded: LoadedModel,
-    samples: Sequence[AnnotatedImage],
-    thresholds=(0.5, 0.75),
-    semantic: bool = False,
-) -> dict:
-    """Validation scores through the engine, exactly as users get predictions:
-    AP at each threshold (counts summed over images), or for semantic models
-    trained on class maps the mean IoU of the classes. ``score`` is the one
-    that selects the best model."""
-    if semantic:
-        was_training = loaded.module.training
-        loaded.module.eval()
-        try:
-            miou = semantic_mean_iou(loaded, samples)
-        finally:
-            loaded.module.train(was_training)
-        return {"score": miou, "mean_iou": miou}
-    from .predict import segment_instances, segment_semantic
-
-    module = loaded.module
-    was_training = module.training
-    module.eval()
-    total = None
-    try:
-        for sample in samples:
-            if loaded.info.task == "semantic":
-                pred = segment_semantic(
-                    sample.image,
-                    loaded,
-                    channel_axis=sample.channel_axis,
-                    return_probabilities=False,
-                )
-                pred = pred.instances.labels
-            else:
-                pred = segment_instances(
-                    sample.image, loaded, channel_axis=sample.channel_axis
-                ).labels
-            counts = match_counts(*sample.scoreable(pred), thresholds)
-            total = counts if total is None else total + counts
-    finally:
-        module.train(was_training)
-    summary = total.summary()
-    scores = {f"ap{int(round(t * 100))}": ap for t, ap in zip(thresholds, summary["ap"])}
-    return {"score": summary["ap"][0], **scores}
-
+from .validation import validate
 
 LOG_COLUMNS = ["iteration", "loss", "lr", "score", "ap50", "ap75", "seconds"]
 
@@ -343,17 +131,12 @@ class Trainer:
 
     # --- persistence -------------------------------------------------------------------
     def save_state(self) -> None:
-        path = self.run_dir / "state.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": self.loaded.module.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "state": asdict(self.state),
-            },
-            tmp,
-        )
-        tmp.replace(path)
+        state = {
+            "model": self.loaded.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": asdict(self.state),
+        }
+        atomic_write(self.run_dir / "state.pt", lambda tmp: torch.save(state, tmp))
 
     def resume(self) -> bool:
         """Continue from ``run_dir/state.pt`` if it exists (our own file, still
@@ -378,12 +161,14 @@ class Trainer:
         kept = [row for row in rows if int(row["iteration"]) <= iteration]
         if len(kept) == len(rows):
             return
-        tmp = self.log_path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(self.log_path)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(kept)
+
+        atomic_write(self.log_path, write)
 
     def save_model(self, path: Path, scores: dict) -> None:
         info = self.loaded.info

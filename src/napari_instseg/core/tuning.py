@@ -11,7 +11,7 @@ import numpy as np
 
 from .data import AnnotatedImage
 from .metrics import match_counts
-from .models.registry import LoadedModel
+from .models.loading import LoadedModel
 from .postprocess import instances_from_classes
 
 SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)

@@ -6,7 +6,10 @@ for hundreds of detections per image."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
+import numpy as np
+import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
@@ -15,6 +18,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..devices import autocast_for
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -100,3 +105,45 @@ def build_maskrcnn(
         mask_head=mask_head,
         mask_predictor=MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes),
     )
+
+
+def detect_without_pasting(
+    module: MaskRCNN,
+    batch: torch.Tensor,
+    sizes: list[tuple[int, int]],
+    score_threshold: float = 0.0,
+) -> list[dict]:
+    """torchvision's Mask R-CNN stages without the final mask pasting.
+
+    Boxes stay in tile pixels (the transform is told not to resize) and masks
+    stay at the heads' 28x28, which the engine pastes into the label image
+    itself instead of allocating one full-size float mask per detection.
+    Boxes scoring under ``score_threshold`` are dropped before the mask head,
+    which then runs only on the detections that are kept.
+    """
+    images = [batch[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
+    transform, heads = module.transform, module.roi_heads
+    # training sets its own sizes, and the model its own score floor: restore them
+    saved = transform.min_size, transform.max_size, heads.score_thresh
+    transform.min_size = (min(min(s) for s in sizes),)
+    transform.max_size = max(max(s) for s in sizes)
+    # torchvision keeps scores > its floor, the engine scores >= the threshold
+    floor = np.nextafter(np.float32(score_threshold), np.float32(0))  # scores are float32
+    heads.score_thresh = max(heads.score_thresh, float(floor))
+    try:
+        image_list, _ = transform(images)
+        if any(tuple(s) != tuple(o) for s, o in zip(image_list.image_sizes, sizes)):
+            raise RuntimeError("Mask R-CNN transform resized a tile; tiles must be one size")
+        device = image_list.tensors.device
+        with autocast_for(device):
+            features = module.backbone(image_list.tensors)
+        if device.type != "cuda":
+            # bfloat16 keeps 8 bits of mantissa: box coordinates would be off by
+            # pixels, so the RPN and heads work in float32 (CUDA: float16, as before)
+            features = {k: v.float() for k, v in features.items()}
+        with autocast_for(device) if device.type == "cuda" else nullcontext():
+            proposals, _ = module.rpn(image_list, features)
+            detections, _ = heads(features, proposals, image_list.image_sizes)
+    finally:
+        transform.min_size, transform.max_size, heads.score_thresh = saved
+    return detections

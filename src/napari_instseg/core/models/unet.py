@@ -136,3 +136,12 @@ def build_unet(
         UNetDecoder(widths, norm),
         nn.Conv2d(widths[0], num_classes, 1),
     )
+
+
+def class_probabilities(module: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Softmax class probabilities (float32) of a batch, at the device's
+    fast precision (``devices.autocast_for``)."""
+    from ..devices import autocast_for
+
+    with torch.inference_mode(), autocast_for(batch.device):
+        return torch.softmax(module(batch).float(), dim=1)

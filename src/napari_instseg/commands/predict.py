@@ -1,0 +1,182 @@
+"""``napari-instseg predict``: segment image files, write labels, boxes and COCO."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..core.files import IMAGE_SUFFIXES, atomic_write
+from ..core.models.architectures import SEMANTIC
+from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
+
+
+def _expand_inputs(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
+    """Inputs whose outputs would not collide; a later file with a stem seen
+    before (a/x.tif and b/x.tif, x.tif and x.png) is reported and skipped."""
+    seen: dict[str, Path] = {}
+    kept, skipped = [], 0
+    for path in files:
+        if path.stem in seen:
+            report_error(
+                f"{path}: same name as {seen[path.stem]}; its outputs would overwrite "
+                "the other's (skipped)"
+            )
+            skipped += 1
+            continue
+        seen[path.stem] = path
+        kept.append(path)
+    return kept, skipped
+
+
+def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> None:
+    import tifffile
+
+    atomic_write(
+        outdir / f"{stem}_labels.tif",
+        lambda p: tifffile.imwrite(p, instances.labels, compression="zlib"),
+    )
+    if semantic is not None:
+        atomic_write(
+            outdir / f"{stem}_semantic.tif",
+            lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
+        )
+    stack_shape = instances.labels.shape[:-2]
+
+    def write_csv(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            header = [
+                "label_id",
+                "class_id",
+                "class_name",
+                "score",
+                "y_min",
+                "x_min",
+                "y_max",
+                "x_max",
+            ]
+            writer.writerow((["stack_index"] if stack_shape else []) + header)
+            names = instances.instance_class_names
+            for row in range(len(instances)):
+                lead = [int(instances.stack_index[row])] if stack_shape else []
+                box = [int(v) for v in instances.boxes[row]]
+                writer.writerow(
+                    lead
+                    + [
+                        int(instances.label_ids[row]),
+                        int(instances.class_ids[row]),
+                        names[row],
+                        f"{float(instances.scores[row]):.4f}",
+                        *box,
+                    ]
+                )
+
+    atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
+
+
+def cmd_predict(args) -> int:
+    from tqdm import tqdm
+
+    from ..core import predict
+    from ..core.data import read_image
+    from ..core.models.loading import load_model
+    from ..core.types import Cancelled, InputError, ModelError
+
+    outdir = Path(args.outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        if not os.access(outdir, os.W_OK):
+            raise CommandError(f"{outdir}: output folder is not writable")
+        loaded = load_model(args.model, args.device)
+    except ModelError as err:
+        raise CommandError(str(err)) from None
+    except OSError as err:
+        raise CommandError(f"{outdir}: cannot create output folder ({err.strerror})") from None
+    coco = None
+    if args.coco:
+        from ..core.export import CocoBuilder
+
+        coco = CocoBuilder()
+    files = _expand_inputs(args.inputs)
+    if not files:
+        raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
+    files, failures = _unique_stems(files)
+    show = sys.stderr.isatty() or args.progress
+    for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
+        try:
+            image = read_image(path)
+            kwargs = dict(
+                device=args.device,
+                tile_size=args.tile_size,
+                overlap=args.overlap,
+                channel_axis=args.channel_axis,
+            )
+            with tqdm(total=0, desc=path.name, unit="tile", leave=False, disable=not show) as bar:
+
+                def report(step, bar=bar):
+                    bar.total = step.total
+                    bar.n = step.done
+                    bar.refresh()
+
+                if loaded.info.task == SEMANTIC:
+                    semantic = predict.segment_semantic(
+                        image, loaded, progress=report, return_probabilities=False, **kwargs
+                    )
+                    instances = semantic.instances
+                else:
+                    semantic = None
+                    instances = predict.segment_instances(
+                        image,
+                        loaded,
+                        score_threshold=args.score_threshold,
+                        mask_threshold=args.mask_threshold,
+                        progress=report,
+                        **kwargs,
+                    )
+            _write_predictions(path.stem, outdir, instances, semantic)
+            if coco is not None:
+                _add_to_coco(coco, path.name, instances)
+            if args.verbose:
+                print(f"{path}: {len(instances)} objects", file=sys.stderr)
+        except (
+            InputError,
+            ModelError,
+            Cancelled,
+            OSError,
+            ValueError,
+            MemoryError,
+            RuntimeError,
+        ) as err:
+            if args.debug:
+                raise
+            failures += 1
+            report_error(f"{path}: {err}")
+    if coco is not None:
+        target = Path(args.coco)
+        try:
+            atomic_write(target, lambda p: p.write_text(json.dumps(coco.document())))
+        except OSError as err:
+            report_error(f"{target}: cannot write COCO file ({err.strerror})")
+            failures += 1
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _add_to_coco(coco, file_name: str, instances) -> None:
+    """Add a result to the COCO document; stacks go in slice by slice."""
+    for index, plane in instances.planes():
+        suffix = f"[{','.join(map(str, index))}]" if index else ""
+        coco.add(file_name + suffix, plane)

@@ -1,0 +1,156 @@
+"""The instance engine: detections of any image with a Mask R-CNN-like model,
+painted into a label image slice by slice.
+
+``detect_instances`` returns one slice's ``Detections`` before painting;
+``iter_segment_instances`` yields a ``Progress`` per tile and returns an
+``InstanceResult`` for 2D images and stacks alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import torch
+
+from . import options
+from .detections import Detections
+from .devices import configure_cpu_threads
+from .memory import TileCounter, with_memory_fallback
+from .models.architectures import INSTANCE
+from .models.loading import LoadedModel, load_model
+from .postprocess import resize_instances, stack_instances
+from .reading import (
+    NormalisedSlice,
+    SliceReader,
+    check_dtype,
+    resolve_axes,
+    stack_indices,
+    to_tensor,
+)
+from .semantic_engine import check_task
+from .tiling import fitted_tile_grid
+from .types import InputError, InstanceResult, Progress
+
+
+def iter_segment_instances(
+    image,
+    model="nuclei-maskrcnn",
+    *,
+    device: str = "auto",
+    channel_axis: int | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    rescale: float = 1.0,
+    score_threshold: float | None = None,
+    mask_threshold: float | None = None,
+) -> Generator[Progress, None, InstanceResult]:
+    """Generator form of ``segment_instances`` (options: ``core.options``)."""
+    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold)
+    _, mask_threshold = options.detection_thresholds(
+        score_threshold, mask_threshold, loaded.info.postprocess
+    )
+    channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    indices = list(stack_indices(stack_shape))
+    counter = TileCounter()
+    results, spatial = [], None
+    for index in indices:
+        reader = SliceReader(image, index, channel_axis)
+        spatial = reader.shape
+        detections = yield from _detect_in_slice(
+            NormalisedSlice(reader, loaded.info, rescale), loaded, *settings, counter, len(indices)
+        )
+        # painted slice by slice: a stack's raw masks are never all held at once
+        result = detections.paint(mask_threshold)
+        if rescale != 1.0:
+            result = resize_instances(result, spatial)
+        results.append(result)
+    return stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
+
+
+def detect_instances(
+    image,
+    model="nuclei-maskrcnn",
+    *,
+    device: str = "auto",
+    channel_axis: int | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    score_threshold: float | None = None,
+) -> Detections:
+    """Detections of one 2D image before painting, so that several mask
+    thresholds can be tried on one run of the network (``Detections.paint``).
+    ``segment_instances`` is this plus painting, for any image."""
+    from .predict import drain
+
+    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold)
+    channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    if stack_shape:
+        raise InputError(f"detect_instances takes one 2D image, not a stack {stack_shape}")
+    work = NormalisedSlice(SliceReader(image, (), channel_axis), loaded.info)
+    return drain(_detect_in_slice(work, loaded, *settings, TileCounter(), slices=1))
+
+
+def _prepare(image, model, device, tile_size, overlap, score_threshold):
+    """The loaded model and (tile size, overlap, score threshold), checked."""
+    loaded = load_model(model, device)
+    check_task(loaded, INSTANCE)
+    score_threshold, _ = options.detection_thresholds(
+        score_threshold, None, loaded.info.postprocess
+    )
+    tile_size, overlap = options.tiling(INSTANCE, tile_size, overlap, loaded.info.tile_size)
+    check_dtype(image)
+    configure_cpu_threads()
+    return loaded, (tile_size, overlap, score_threshold)
+
+
+def _detect_in_slice(
+    work: NormalisedSlice,
+    loaded: LoadedModel,
+    tile_size: int,
+    overlap: int,
+    score_threshold: float,
+    counter: TileCounter,
+    slices: int,
+) -> Generator[Progress, None, Detections]:
+    """Detections of one slice (at the rescaled size), tile by tile."""
+    counter.announce(len(fitted_tile_grid(*work.shape, tile_size, overlap)) * slices)
+
+    def run_slice(model, tile, overlap):
+        return _detections(work, model, tile, overlap, score_threshold)
+
+    steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
+    return (yield from counter.run(steps, "detecting in tiles"))
+
+
+def _detections(
+    work: NormalisedSlice, loaded: LoadedModel, tile_size: int, overlap: int, score_threshold: float
+) -> Generator[None, None, Detections]:
+    height, width = work.shape
+    tiles = fitted_tile_grid(height, width, tile_size, overlap)
+    boxes, scores, classes, masks = [], [], [], []
+    for batch_tiles, arrays in work.batches(tiles, loaded.device):
+        x = to_tensor(arrays, loaded.device, 1)
+        with torch.inference_mode():  # the predictor picks the precision of each stage
+            found = loaded.predict_tiles(x, [a.shape[:2] for a in arrays], score_threshold)
+        for det, t in zip(found, batch_tiles):
+            scores_all = det["scores"].float().cpu().numpy()
+            keep = scores_all >= score_threshold
+            b = det["boxes"].float().cpu().numpy()[keep] + np.array([t.x0, t.y0, t.x0, t.y0])
+            cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
+            # keep each object only from the tile that owns its centre, where it
+            # is most interior; seams are mid-overlap, so it is seen whole there
+            owned = (cy >= t.own_y[0]) & (cy < t.own_y[1]) & (cx >= t.own_x[0]) & (cx < t.own_x[1])
+            boxes.append(b[owned])
+            scores.append(scores_all[keep][owned])
+            classes.append(det["labels"].cpu().numpy()[keep][owned])
+            masks.append(det["masks"].float().cpu().numpy()[keep][owned][:, 0])
+            yield
+    return Detections(
+        (height, width),
+        np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+        np.concatenate(scores) if scores else np.zeros(0),
+        np.concatenate(classes) if classes else np.zeros(0, np.int64),
+        np.concatenate(masks) if masks else np.zeros((0, 28, 28)),
+        tuple(loaded.info.class_names),
+    )

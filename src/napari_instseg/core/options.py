@@ -1,0 +1,68 @@
+"""The engine's options and their defaults, in one place: the API, the
+engine, the CLI and the widgets all read them from here.
+
+Options shared by ``segment_semantic`` and ``segment_instances`` (keyword only):
+
+- ``device``: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda", "cuda:1", "mps".
+- ``channel_axis``: the axis holding channels. Without it, a last axis of 3 or
+  4 is RGB(A); every other leading axis is a stack (z, t, ...) done slice by slice.
+- ``tile_size``: the largest tile side in pixels (default: the model's, 512 for
+  the bundled models). A side up to 1.5 tiles runs whole; longer sides are cut
+  into even tiles no longer than this.
+- ``overlap``: pixels shared by neighbouring tiles (default ``default_overlap``).
+- ``rescale``: resize factor applied before prediction; results come back at
+  the input size.
+
+Semantic only: ``min_size`` (smallest object in pixels, default the model's,
+else ``MIN_SIZE``) and ``return_probabilities`` (default: kept up to
+``MAX_PROBABILITY_PIXELS`` per call). Instance only: ``score_threshold`` and
+``mask_threshold`` (default: the model's tuned values, else 0.5).
+
+The draining functions also take ``progress(Progress)``, called per tile, and
+``cancel()``, which stops the call with ``Cancelled`` when it returns True.
+"""
+
+from __future__ import annotations
+
+from .models.architectures import SEMANTIC
+from .types import InputError
+
+SCORE_THRESHOLD = 0.5
+MASK_THRESHOLD = 0.5
+MIN_SIZE = 8
+SEED_THRESHOLD = 0.5
+# Above this many pixels per call, class probabilities are not kept by default.
+MAX_PROBABILITY_PIXELS = 4096 * 4096
+
+
+def default_overlap(task: str, tile_size: int) -> int:
+    """A quarter tile, so a detected object lies whole in the tile that owns
+    it; class maps need only the U-Net's context (64 px suffice)."""
+    return min(64, tile_size // 4) if task == SEMANTIC else tile_size // 4
+
+
+def tiling(task: str, tile_size: int | None, overlap: int | None, model_tile: int):
+    """Tile size and overlap with their defaults filled in, and checked."""
+    tile_size = int(tile_size or model_tile)
+    overlap = int(default_overlap(task, tile_size) if overlap is None else overlap)
+    if tile_size < 32:
+        raise InputError(f"tile size {tile_size} is too small (at least 32)")
+    if not 0 <= overlap < tile_size // 2 + 1:
+        raise InputError(f"overlap {overlap} must be between 0 and half the tile size")
+    return tile_size, overlap
+
+
+def detection_thresholds(score_threshold, mask_threshold, postprocess: dict):
+    """Score and mask thresholds: the caller's, else the model's tuned ones
+    (``postprocess``), else 0.5; checked."""
+    if score_threshold is None:
+        score_threshold = float(postprocess.get("score_threshold", SCORE_THRESHOLD))
+    if mask_threshold is None:
+        mask_threshold = float(postprocess.get("mask_threshold", MASK_THRESHOLD))
+    # masks are probabilities strictly between 0 and 1: at 0 every box would be
+    # painted whole, at 1 nothing would be painted
+    if not 0 <= score_threshold <= 1:
+        raise InputError(f"score threshold {score_threshold} must be between 0 and 1")
+    if not 0 < mask_threshold < 1:
+        raise InputError(f"mask threshold {mask_threshold} must be above 0 and below 1")
+    return score_threshold, mask_threshold

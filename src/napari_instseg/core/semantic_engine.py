@@ -1,0 +1,184 @@
+"""The semantic engine: class maps of any image with a U-Net-like model, and
+instances derived from them.
+
+``iter_segment_semantic`` yields a ``Progress`` per tile and returns a
+``SemanticResult``; tiles are blended row band by row band, so only one band
+of class probabilities is held unless they are asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+from scipy import ndimage
+
+from . import options
+from .devices import configure_cpu_threads
+from .memory import TileCounter, with_memory_fallback
+from .models.architectures import SEMANTIC
+from .models.loading import LoadedModel, load_model
+from .postprocess import (
+    instance_result_from_labels,
+    instances_from_classes,
+    resize_labels,
+    stack_instances,
+)
+from .reading import (
+    NormalisedSlice,
+    SliceReader,
+    check_dtype,
+    resolve_axes,
+    stack_indices,
+    to_tensor,
+)
+from .tiling import Tile, blend_window, fitted_tile_grid
+from .types import ModelError, Progress, SemanticResult
+
+
+def check_task(loaded: LoadedModel, task: str) -> None:
+    if loaded.info.task != task:
+        wanted = "segment_semantic" if loaded.info.task == SEMANTIC else "segment_instances"
+        raise ModelError(f"{loaded.name} is a {loaded.info.task} model; use {wanted}")
+
+
+def iter_segment_semantic(
+    image,
+    model="nuclei-unet",
+    *,
+    device: str = "auto",
+    channel_axis: int | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    rescale: float = 1.0,
+    min_size: int | None = None,
+    return_probabilities: bool | None = None,
+) -> Generator[Progress, None, SemanticResult]:
+    """Generator form of ``segment_semantic`` (options: ``core.options``)."""
+    loaded = load_model(model, device)
+    check_task(loaded, SEMANTIC)
+    check_dtype(image)
+    configure_cpu_threads()
+    channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    tile_size, overlap = options.tiling(SEMANTIC, tile_size, overlap, loaded.info.tile_size)
+    post = loaded.info.postprocess
+    min_size = int(post.get("min_size", options.MIN_SIZE) if min_size is None else min_size)
+    names = loaded.info.class_names
+    interior = names.index(post.get("instance_class", names[1]))
+    boundary = names.index("boundary") if "boundary" in names else -1
+    seed_threshold = float(post.get("seed_threshold", options.SEED_THRESHOLD))
+
+    indices = list(stack_indices(stack_shape))
+    counter = TileCounter()
+    outputs, spatial = [], None
+    for index in indices:
+        reader = SliceReader(image, index, channel_axis)
+        spatial = reader.shape
+        work = NormalisedSlice(reader, loaded.info, rescale)
+        counter.announce(len(fitted_tile_grid(*work.shape, tile_size, overlap)) * len(indices))
+        keep = (
+            return_probabilities
+            if return_probabilities is not None
+            else spatial[0] * spatial[1] * len(indices) <= options.MAX_PROBABILITY_PIXELS
+        ) and rescale == 1.0  # probabilities at the rescaled size would not fit the image
+
+        def run_slice(model, tile, overlap, work=work, keep=keep):
+            return _class_maps(work, model, tile, overlap, keep, interior)
+
+        steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
+        classes, interior_probability, probs = yield from counter.run(steps, "predicting tiles")
+        if rescale != 1.0:
+            classes = resize_labels(classes, spatial)
+            interior_probability = resize_labels(interior_probability, spatial)
+            probs = None
+        labels = instances_from_classes(
+            classes,
+            min_size,
+            interior_class=interior,
+            boundary_class=boundary,
+            seed_probability=interior_probability,
+            seed_threshold=seed_threshold,
+        )
+        outputs.append((classes, interior_probability, probs, labels))
+    return _assemble(outputs, stack_shape, spatial, loaded)
+
+
+def _class_maps(
+    work: NormalisedSlice,
+    loaded: LoadedModel,
+    tile_size: int,
+    overlap: int,
+    keep_probabilities: bool,
+    instance_class: int,
+) -> Generator[None, None, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Class map, the instance class's probability (uint8, x 255) and optional
+    probabilities of one slice, yielding once per tile."""
+    divisor = getattr(loaded.predictor, "size_divisor", 16)
+    height, width = work.shape
+    n_classes = len(loaded.info.class_names)
+    ramp = max(1, overlap // 2)
+    classes = np.zeros((height, width), np.uint8)
+    instance_probability = np.zeros((height, width), np.uint8)
+    probabilities = np.zeros((n_classes, height, width), np.float32) if keep_probabilities else None
+
+    rows: dict[int, list[Tile]] = {}
+    for tile in fitted_tile_grid(height, width, tile_size, overlap):
+        rows.setdefault(tile.row, []).append(tile)
+    row_starts = [rows[r][0].y0 for r in sorted(rows)] + [height]
+    band_start = 0
+    band_acc = np.zeros((n_classes, 0, width), np.float32)
+    band_weight = np.zeros((0, width), np.float32)
+    for r in sorted(rows):
+        row_tiles = rows[r]
+        # extend the band to cover this row's tiles
+        grow = row_tiles[0].y1 - (band_start + band_acc.shape[1])
+        if grow > 0:
+            band_acc = np.concatenate([band_acc, np.zeros((n_classes, grow, width), np.float32)], 1)
+            band_weight = np.concatenate([band_weight, np.zeros((grow, width), np.float32)], 0)
+        for batch_tiles, arrays in work.batches(row_tiles, loaded.device):
+            probs = loaded.predict_tiles(to_tensor(arrays, loaded.device, divisor))
+            probs = probs.float().cpu().numpy()
+            for k, t in enumerate(batch_tiles):
+                th, tw = t.y1 - t.y0, t.x1 - t.x0
+                weight = np.outer(blend_window(th, ramp), blend_window(tw, ramp))
+                sl = (slice(t.y0 - band_start, t.y1 - band_start), slice(t.x0, t.x1))
+                band_acc[(slice(None), *sl)] += probs[k, :, :th, :tw] * weight
+                band_weight[sl] += weight
+                yield
+        # rows before the next tile row are final
+        final_end = row_starts[r + 1] if r + 1 < len(row_starts) - 1 else height
+        n_final = final_end - band_start
+        blended = band_acc[:, :n_final] / np.maximum(band_weight[:n_final], 1e-6)
+        classes[band_start:final_end] = blended.argmax(0)
+        instance_probability[band_start:final_end] = np.round(blended[instance_class] * 255).astype(
+            np.uint8
+        )
+        if probabilities is not None:
+            probabilities[:, band_start:final_end] = blended
+        band_acc = band_acc[:, n_final:]
+        band_weight = band_weight[n_final:]
+        band_start = final_end
+    return classes, instance_probability, probabilities
+
+
+def _assemble(outputs, stack_shape, spatial, loaded) -> SemanticResult:
+    """One SemanticResult from the slices' class maps and labels; an
+    instance's score is its mean interior probability."""
+    instance_class = loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
+    class_names = ["background", instance_class]
+    results = []
+    for _, interior_probability, _, labels in outputs:
+        n = int(labels.max()) if labels.size else 0
+        scores = (
+            ndimage.mean(interior_probability, labels, np.arange(1, n + 1)) / 255.0
+            if n
+            else np.zeros(0)
+        )
+        results.append(instance_result_from_labels(labels, class_names, scores=scores))
+    instances = stack_instances(results, stack_shape, spatial, class_names)
+    classes = np.stack([o[0] for o in outputs]).reshape(*stack_shape, *spatial)
+    probs = None
+    if all(o[2] is not None for o in outputs):
+        probs = np.stack([o[2] for o in outputs], axis=1)
+        probs = probs.reshape(probs.shape[0], *stack_shape, *spatial)
+    return SemanticResult(classes, list(loaded.info.class_names), instances, probs)

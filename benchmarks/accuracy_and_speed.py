@@ -1,15 +1,22 @@
-"""Accuracy of the bundled models on the DSB2018 val split, and CPU speed.
+"""Accuracy of the bundled models on the DSB2018 val and test splits, and CPU speed.
 
     python benchmarks/accuracy_and_speed.py [--data ../shared/data/dsb2018] [--threads 2]
+        [--split val|test|both] [--skip-accuracy] [--skip-speed]
 
 Accuracy: AP = TP / (TP + FP + FN) with one-to-one matching at IoU tau, counts
-summed over images (as in the StarDist paper), for all val images, for the
-gray subset (the manifest's ``gray_rgb``) and, beside it, for the gray images
-with bright nuclei, through the public API (``segment_semantic`` /
+summed over images (as in the StarDist paper), for all images of a split, for
+the gray subset (the manifest's ``gray_rgb``) and, beside it, for the gray
+images with bright nuclei, and per image kind (``scripts/make_test_split.py``:
+size and colour), through the public API (``segment_semantic`` /
 ``segment_instances``). A classical Otsu + distance-transform watershed
 baseline is measured in the same run. Beside each AP50 and AP75, a 95%
-interval from resampling the val images says how much of a difference
-between models the val split can show.
+interval from resampling the split's images says how much of a difference
+between models the split can show.
+
+Splits: ``val`` is the shared val split; ``test`` is the frozen test split
+(``scripts/splits/dsb2018-test.csv``), shared train images that training
+leaves out. Test figures are honest only for models trained without them
+(their checkpoint's ``training.held_out``); each model's status is printed.
 
 Speed: the whole API call on one 512x512 field (a 2x2 mosaic of val images),
 median of 5 after a warm-up, against the machine's yardstick: a torchvision
@@ -40,17 +47,30 @@ from napari_instseg.core.devices import cpu_has_fast_bfloat16  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
 from napari_instseg.core.models.bundled import bundled_weights_path  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_test_split import KINDS, SPLIT_FILE, kind_of, read_split  # noqa: E402
+
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
 
-def load_val(data: Path):
+def split_rows(data: Path, split: str) -> list[dict]:
+    """The manifest rows of ``val``, or of ``test``: the train rows in the split file."""
     with open(data / "manifest.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "val"]
-    for row in rows:
-        image = tifffile.imread(data / "val" / "images" / f"{row['id']}.tif")
-        labels = tifffile.imread(data / "val" / "masks" / f"{row['id']}.tif")
-        yield row["id"], image, labels, row["gray_rgb"] == "True"
+        rows = list(csv.DictReader(f))
+    if split == "val":
+        return [r for r in rows if r["split"] == "val"]
+    test = {row["id"] for row in read_split(SPLIT_FILE)}
+    return [r for r in rows if r["split"] == "train" and r["id"] in test]
+
+
+def load_images(data: Path, split: str = "val"):
+    """(kind, image, labels, gray) of each image of ``split``."""
+    for row in split_rows(data, split):
+        folder = data / row["split"]
+        image = tifffile.imread(folder / "images" / f"{row['id']}.tif")
+        labels = tifffile.imread(folder / "masks" / f"{row['id']}.tif")
+        yield kind_of(row), image, labels, row["gray_rgb"] == "True"
 
 
 def classical_baseline(image: np.ndarray) -> np.ndarray:
@@ -102,16 +122,17 @@ def subsets_of(image: np.ndarray, truth: np.ndarray, gray: bool) -> tuple[str, .
     return ("all", "gray", "gray-bright") if bright else ("all", "gray")
 
 
-def accuracy(data: Path, methods: dict) -> dict:
-    """Per method and subset, the match counts of each val image (in one order)."""
-    per_image = {name: {subset: [] for subset in SUBSETS} for name in methods}
-    for _, image, truth, gray in load_val(data):
-        subsets = subsets_of(image, truth, gray)
+def accuracy(data: Path, methods: dict, split: str = "val") -> dict:
+    """Per method and subset (``SUBSETS``, then the image kinds present), the
+    match counts of each image of ``split`` (in one order)."""
+    per_image = {name: {subset: [] for subset in SUBSETS + KINDS} for name in methods}
+    for kind, image, truth, gray in load_images(data, split):
+        subsets = (*subsets_of(image, truth, gray), kind)
         for name, predict in methods.items():
             counts = match_counts(truth, predict(image), THRESHOLDS)
             for subset in subsets:
                 per_image[name][subset].append(counts)
-    return per_image
+    return {name: {s: c for s, c in subsets.items() if c} for name, subsets in per_image.items()}
 
 
 def summed_ap(per_image: list) -> np.ndarray:
@@ -135,30 +156,52 @@ def resampled_interval(per_image: list, threshold: float, draws: int = 2000) -> 
     return float(low), float(high)
 
 
-def print_accuracy(per_image: dict) -> None:
+def print_accuracy(per_image: dict, split: str = "val") -> None:
+    counts = next(iter(per_image.values()), {})
+    sizes = ", ".join(f"{subset} {len(c)}" for subset, c in counts.items())
     header = " ".join(f"{t:>6.2f}" for t in THRESHOLDS)
+    print(f"\nAP on DSB2018 {split} (images: {sizes})\n{'method':<32} subset         {header}")
+    for name, subsets in per_image.items():
+        for subset, counts in subsets.items():
+            if subset in SUBSETS:
+                aps = " ".join(f"{a:>6.3f}" for a in summed_ap(counts))
+                print(f"{name:<32} {subset:<14} {aps}")
     print(
-        "\nAP on DSB2018 val (69 images; gray subset 52, of which 50 with bright nuclei)"
-        f"\n{'method':<32} subset      {header}"
+        f"\nAP50 and AP75 on DSB2018 {split} with 95% intervals when its images are "
+        "resampled (2000 draws; none from a single image)"
     )
+    print(f"{'method':<32} subset         {'n':>3} {'AP50':>21} {'AP75':>21}")
     for name, subsets in per_image.items():
         for subset, counts in subsets.items():
-            print(f"{name:<32} {subset:<11} " + " ".join(f"{a:>6.3f}" for a in summed_ap(counts)))
-    print("\n95% intervals when the val images are resampled (2000 draws)")
-    print(f"{'method':<32} subset      {'AP50':>15} {'AP75':>15}")
-    for name, subsets in per_image.items():
-        for subset, counts in subsets.items():
-            cells = [
-                "{:.3f}-{:.3f}".format(*resampled_interval(counts, t)).rjust(15)
-                for t in (0.5, 0.75)
-            ]
-            print(f"{name:<32} {subset:<11} " + " ".join(cells))
+            cells = []
+            for t in (0.5, 0.75):
+                ap = summed_ap(counts)[THRESHOLDS.index(t)]
+                low, high = resampled_interval(counts, t)
+                interval = f"({low:.3f}-{high:.3f})" if len(counts) > 1 else ""
+                cells.append(f"{ap:.3f} {interval:>15}")
+            print(f"{name:<32} {subset:<14} {len(counts):>3} " + " ".join(cells).rstrip())
+
+
+def held_out_status() -> None:
+    """Whether each bundled model was trained without the test images."""
+    print(f"\ntest: the {len(read_split(SPLIT_FILE))} train images of {SPLIT_FILE.name}")
+    for name in ("nuclei-unet", "nuclei-maskrcnn"):
+        if bundled_weights_path(name).exists():
+            training = load_model(name, "cpu").info.training
+            held_out = training.get("held_out")
+            status = (
+                f"held out ({held_out})"
+                if held_out and not held_out.startswith("none")
+                else f"NOT held out: trained on {training.get('train_image_count', '?')} train "
+                "images, test included, so its test figures are not honest"
+            )
+            print(f"  {name}: {status}")
 
 
 def speed(data: Path) -> dict:
     import torchvision
 
-    tiles = [img for _, img, _, _ in load_val(data) if img.shape[:2] == (256, 256)][:4]
+    tiles = [img for _, img, _, _ in load_images(data) if img.shape[:2] == (256, 256)][:4]
     field = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
     resnet = torchvision.models.resnet18().eval()
     x = torch.rand(1, 3, 512, 512)
@@ -188,7 +231,7 @@ def speed(data: Path) -> dict:
 
 def tiling_agreement(data: Path) -> dict:
     """AP50 between tiled (256 px tiles) and untiled predictions on a 1024x1024 field."""
-    field = next(img for _, img, _, _ in load_val(data) if img.shape[:2] == (1024, 1024))
+    field = next(img for _, img, _, _ in load_images(data) if img.shape[:2] == (1024, 1024))
     out = {}
     if bundled_weights_path("nuclei-unet").exists():
         unet = load_model("nuclei-unet", "cpu")
@@ -207,14 +250,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--split", choices=["val", "test", "both"], default="both")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--skip-speed", action="store_true", help="no tiling agreement, no speed (accuracy only)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_description()}; commit {git_commit()}")
     precision = "bfloat16" if cpu_has_fast_bfloat16() else "float32"
     print(f"engine precision on this CPU: {precision} (NAPARI_INSTSEG_CPU_BFLOAT16=0: float32)")
     if not args.skip_accuracy:
-        print_accuracy(accuracy(args.data, predictors()))
+        methods = predictors()
+        for split in ("val", "test") if args.split == "both" else (args.split,):
+            if split == "test":
+                held_out_status()
+            print_accuracy(accuracy(args.data, methods, split), split)
+    if args.skip_speed:
+        return 0
     agreement = tiling_agreement(args.data)
     print("\nTiled (256 px, overlap 64) vs untiled on a 1024x1024 val field, AP50 between them")
     for name, ap in agreement.items():

@@ -7,6 +7,11 @@ Runs are resumable (``--resume``) and log to ``RUN_DIR/log.csv``; the best
 model by validation AP50 is ``RUN_DIR/best.safetensors``. ``--install`` copies
 it into the package as ``weights/nuclei-<model>.safetensors`` (float16).
 The same script runs on CPU or GPU (``--device``, ``--batch-size``).
+
+The frozen test images (``scripts/splits/dsb2018-test.csv``) are left out of
+the training images (``--exclude-split``, the default); ``--include-test``
+trains on all train images, for the final retrain of a model to be bundled
+with the same recipe (its test figures come from the run that held them out).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from napari_instseg.core.models.bundled import bundled_weights_path
 from napari_instseg.core.models.info import ModelInfo
 from napari_instseg.core.models.loading import LoadedModel, build_model
 from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_test_split import SPLIT_FILE, read_split  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
 NORMALIZATION = {"low": 1.0, "high": 99.8}
@@ -74,11 +82,27 @@ def model_info(model: str, overrides: dict | None = None) -> ModelInfo:
     )
 
 
-def load_split(data: Path, split: str, limit: int | None = None) -> list[AnnotatedImage]:
+def held_out_ids(split_file: Path | None) -> frozenset[str]:
+    """The ids of ``split_file`` (the frozen test split), or none for None."""
+    if split_file is None:
+        return frozenset()
+    if not split_file.exists():
+        raise SystemExit(f"{split_file}: no such split file (--include-test trains on all)")
+    return frozenset(row["id"] for row in read_split(split_file))
+
+
+def manifest_rows(data: Path, split: str, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    """The manifest's rows of ``split`` (``train`` or ``val``), in its order,
+    less the ids in ``exclude``: the images a model trains on, or is scored on."""
     with open(data / "manifest.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+        return [r for r in csv.DictReader(f) if r["split"] == split and r["id"] not in exclude]
+
+
+def load_split(
+    data: Path, split: str, limit: int | None = None, exclude: frozenset[str] = frozenset()
+) -> list[AnnotatedImage]:
     samples = []
-    for row in rows[:limit]:
+    for row in manifest_rows(data, split, exclude)[:limit]:
         image = tifffile.imread(data / split / "images" / f"{row['id']}.tif")
         labels = tifffile.imread(data / split / "masks" / f"{row['id']}.tif")
         samples.append(AnnotatedImage.create(row["id"], image, labels, NORMALIZATION))
@@ -135,6 +159,20 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--resume", action="store_true")
+    held_out = parser.add_mutually_exclusive_group()
+    held_out.add_argument(
+        "--exclude-split",
+        type=Path,
+        default=SPLIT_FILE,
+        help="leave these images (a split file's ids) out of training "
+        "(default: the frozen test split, scripts/splits/dsb2018-test.csv)",
+    )
+    held_out.add_argument(
+        "--include-test",
+        action="store_true",
+        help="train on all train images, the test split too: only for the final "
+        "retrain of a model to be bundled, with a recipe chosen without them",
+    )
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
@@ -224,10 +262,14 @@ def main(argv=None) -> int:
     module = module.to(device)
     loaded = LoadedModel(module, info, device)
     t0 = time.time()
-    train = load_split(args.data, "train", args.limit)
+    split_file = None if args.include_test else args.exclude_split
+    exclude = held_out_ids(split_file)
+    train = load_split(args.data, "train", args.limit, exclude)
     val = load_split(args.data, "val", args.limit)
     print(
-        f"loaded {len(train)} train / {len(val)} val images in {time.time() - t0:.0f}s", flush=True
+        f"loaded {len(train)} train / {len(val)} val images in {time.time() - t0:.0f}s "
+        f"({len(exclude)} test images held out)",
+        flush=True,
     )
     manifest_sha = hashlib.sha256((args.data / "manifest.csv").read_bytes()).hexdigest()
     provenance = {
@@ -237,6 +279,12 @@ def main(argv=None) -> int:
         "git_commit": git_commit(),
         "device": str(device),
         "init": str(args.init) if args.init else None,
+        "held_out": (
+            f"{len(exclude)} images of {split_file.name} "
+            f"(sha256 {hashlib.sha256(split_file.read_bytes()).hexdigest()})"
+            if split_file
+            else "none (--include-test: trained on all train images)"
+        ),
         "torch": torch.__version__,
     }
     trainer_class = UNetTrainer if args.model == "unet" else MaskRCNNTrainer

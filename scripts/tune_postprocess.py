@@ -6,12 +6,13 @@ and minimum size, or the Mask R-CNN's score and mask thresholds.
 
 Predictions are made once per image; the sweep only re-runs the cheap
 instance derivation (or score filtering). ``--write`` stores the best setting.
+The images are drawn from the train images less the frozen test split, as in
+``train_bundled.py`` (``--include-test`` with it for a final retrain on all data).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from napari_instseg.core.tuning import (
     sweep_postprocess,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_bundled import DATA, SPLIT_FILE, held_out_ids, manifest_rows  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,11 +41,14 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=80)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write", action="store_true")
+    held_out = parser.add_mutually_exclusive_group()
+    held_out.add_argument("--exclude-split", type=Path, default=SPLIT_FILE)
+    held_out.add_argument("--include-test", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, "cpu")
-    with open(args.data / "manifest.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    exclude = held_out_ids(None if args.include_test else args.exclude_split)
+    rows = manifest_rows(args.data, "train", exclude)
     rng = np.random.default_rng(0)
     rows = [rows[i] for i in sorted(rng.choice(len(rows), args.images, replace=False))]
     samples = [
@@ -74,7 +79,8 @@ def main(argv=None) -> int:
         metadata["postprocess"] = {
             **metadata.get("postprocess", {}),
             **best,
-            "tuned_on": f"{args.images} DSB2018 train images",
+            "tuned_on": f"{args.images} DSB2018 train images"
+            + ("" if args.include_test else f" (not the {len(exclude)} test images)"),
         }
         checkpoint.save_checkpoint(args.checkpoint, state, metadata)
         print(f"wrote {best} to {args.checkpoint}")

@@ -214,3 +214,26 @@ def test_outputs_get_ordinary_file_permissions(tmp_path, tiny_unet_path):
     os.umask(umask)
     mode = stat.S_IMODE((tmp_path / "out" / "a_labels.tif").stat().st_mode)
     assert mode == 0o666 & ~umask  # not mkstemp's private 0600
+
+
+def test_predict_passes_diameter_and_augment(tmp_path, tiny_unet_path, monkeypatch, capsys):
+    from napari_instseg.core import predict
+
+    seen = {}
+    segment = predict.segment_semantic
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return segment(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "segment_semantic", spy)
+    tifffile.imwrite(tmp_path / "a.tif", np.random.rand(48, 48).astype(np.float32))
+    args = ["predict", str(tmp_path / "a.tif"), "--model", str(tiny_unet_path), "-o", str(tmp_path)]
+    assert main(args) == 0
+    assert seen["diameter"] is None and seen["augment"] is False
+    # the tiny model stores no trained diameter: a one-line error, no traceback
+    assert main([*args, "--diameter", "auto", "--augment"]) == 1
+    assert seen["diameter"] == "auto" and seen["augment"] is True
+    assert "does not store the object diameter" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--diameter", "wide"])

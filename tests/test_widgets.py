@@ -416,3 +416,37 @@ def test_instance_widget_shows_the_models_own_thresholds(
     assert widget.load_checkpoint(tiny_maskrcnn_path) == "tiny-maskrcnn"
     assert widget.score_threshold.value == pytest.approx(0.5)  # none stored: the usual 0.5
     assert widget.mask_threshold.value == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("task", ["semantic", "instance"])
+def test_widgets_take_a_diameter_and_test_time_augmentation(
+    make_napari_viewer, tiny_unet_path, tiny_maskrcnn_path, tmp_path, task
+):
+    from napari_instseg._widgets.segment import (
+        InstanceSegmentationWidget,
+        SemanticSegmentationWidget,
+    )
+    from napari_instseg.core.models import checkpoint
+    from napari_instseg.core.models.registry import register_checkpoint
+
+    source = tiny_unet_path if task == "semantic" else tiny_maskrcnn_path
+    state, metadata = checkpoint.load_checkpoint(source)
+    metadata.pop("format_version")
+    metadata.update(name=f"sized-{task}", object_diameter=12.0)
+    sized = checkpoint.save_checkpoint(tmp_path / f"sized-{task}.safetensors", state, metadata)
+    viewer = make_napari_viewer()
+    image, _ = disc_image((64, 64), [(20, 20), (44, 40)], 6)
+    viewer.add_image(image, name="cells")
+    widget_class = SemanticSegmentationWidget if task == "semantic" else InstanceSegmentationWidget
+    widget = widget_class(viewer)
+    widget.model.reset_choices()
+    widget.model.value = register_checkpoint(sized)
+    widget.diameter.value = "big"
+    assert widget.run(blocking=True) is None
+    assert "object diameter 'big'" in widget.status.value
+    widget.diameter.value = "24"
+    widget.augment.value = True
+    layers = widget.run(blocking=True)
+    assert layers[-2].data.shape == image.shape
+    assert layers[-2].metadata[TAG]["sizing"]["rescale"] == 0.5
+    assert "diameter 24.0 px, rescaled 0.50x" in widget.status.value

@@ -75,7 +75,7 @@ def labels_layer(result: InstanceResult, name: str, geometry: dict, intensity=No
         {
             "name": name,
             "features": features_table(result, intensity),
-            "metadata": {TAG: {"kind": "instances", "model": model}},
+            "metadata": {TAG: {"kind": "instances", "model": model, "sizing": result.metadata}},
             **geometry,
         },
         "labels",

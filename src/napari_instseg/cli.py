@@ -86,6 +86,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="axis of channels in a multichannel image (RGB is found itself)",
     )
+    p.add_argument(
+        "--diameter",
+        type=_diameter,
+        default=None,
+        metavar="PX|auto",
+        help="typical object diameter in pixels, or 'auto' to measure it per image; "
+        "images are rescaled to the model's trained object size (default: as they are)",
+    )
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="test-time augmentation: average over flips and rotations (about 8x slower)",
+    )
     p.add_argument("--coco", help="also write all results to this COCO JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -150,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", help="save a screenshot of the window here and exit")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _diameter(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels or 'auto': {text}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from magicgui.widgets import ComboBox, Label
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit
 
 _torch_import = threading.Lock()  # see import_torch
 
@@ -91,3 +92,43 @@ def error_message(err: BaseException) -> str:
     if isinstance(err, (InputError, ModelError)):
         return str(err)
     return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def sizing_controls() -> tuple[LineEdit, CheckBox]:
+    """The object diameter field and the test-time augmentation switch."""
+    diameter = LineEdit(label="Object diameter", value="")
+    diameter.tooltip = (
+        "Typical object diameter in pixels, or 'auto' to measure it per image: the "
+        "image is rescaled so objects reach the model's trained size. Empty: as it is."
+    )
+    augment = CheckBox(text="Test-time augmentation (8x slower)", value=False)
+    augment.tooltip = "Average the model over the 8 flips and rotations of the image"
+    return diameter, augment
+
+
+def parse_diameter(text: str) -> float | str | None:
+    text = (text or "").strip().lower()
+    if not text:
+        return None
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"object diameter {text!r}: give pixels, 'auto' or nothing") from None
+
+
+def data_to_segment(layer, channel_axis: int | None, point=None) -> tuple:
+    """(array, stack offset) of an image layer: all of it, or with ``point``
+    (the viewer's world position) the 2D slice shown there, as a stack of one."""
+    data = layer.data if not layer.multiscale else layer.data[0]
+    n_stack = data.ndim - 2 - (channel_axis is not None)
+    if point is None or n_stack <= 0:
+        return data, ()
+    position = layer.world_to_data(point)
+    stack_axes = [a for a in range(data.ndim) if a != channel_axis][:n_stack]
+    offset = tuple(int(np.clip(round(position[a]), 0, data.shape[a] - 1)) for a in stack_axes)
+    index = [slice(None)] * data.ndim
+    for axis, at in zip(stack_axes, offset):
+        index[axis] = slice(at, at + 1)
+    return data[tuple(index)], offset

@@ -93,6 +93,7 @@ def cmd_predict(args) -> int:
 
     from ..core import predict
     from ..core.data import read_image
+    from ..core.diameter import describe
     from ..core.models.loading import load_model
     from ..core.types import Cancelled, InputError, ModelError
 
@@ -124,6 +125,8 @@ def cmd_predict(args) -> int:
                 tile_size=args.tile_size,
                 overlap=args.overlap,
                 channel_axis=args.channel_axis,
+                diameter=args.diameter,
+                augment=args.augment,
             )
             with tqdm(total=0, desc=path.name, unit="tile", leave=False, disable=not show) as bar:
 
@@ -150,8 +153,10 @@ def cmd_predict(args) -> int:
             _write_predictions(path.stem, outdir, instances, semantic)
             if coco is not None:
                 _add_to_coco(coco, path.name, instances)
-            if args.verbose:
-                print(f"{path}: {len(instances)} objects", file=sys.stderr)
+            sizing = describe(instances.metadata)
+            if args.verbose or sizing:
+                note = f" ({sizing})" if sizing else ""
+                print(f"{path}: {len(instances)} objects{note}", file=sys.stderr)
         except (
             InputError,
             ModelError,

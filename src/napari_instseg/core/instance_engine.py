@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from . import options
+from .augmentation import augmented_detections
 from .detections import Detections
 from .devices import configure_cpu_threads
+from .diameter import SlicePlan
 from .memory import TileCounter, with_memory_fallback
 from .models.architectures import INSTANCE
 from .models.loading import LoadedModel, load_model
@@ -42,14 +44,17 @@ def iter_segment_instances(
     tile_size: int | None = None,
     overlap: int | None = None,
     rescale: float = 1.0,
+    diameter: float | str | None = None,
+    augment: bool = False,
     score_threshold: float | None = None,
     mask_threshold: float | None = None,
 ) -> Generator[Progress, None, InstanceResult]:
     """Generator form of ``segment_instances`` (options: ``core.options``)."""
-    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold)
+    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
     _, mask_threshold = options.detection_thresholds(
         score_threshold, mask_threshold, loaded.info.postprocess
     )
+    sizing = SlicePlan(loaded, diameter, rescale)
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
@@ -57,15 +62,24 @@ def iter_segment_instances(
     for index in indices:
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
-        detections = yield from _detect_in_slice(
-            NormalisedSlice(reader, loaded.info, rescale), loaded, *settings, counter, len(indices)
-        )
-        # painted slice by slice: a stack's raw masks are never all held at once
-        result = detections.paint(mask_threshold)
-        if rescale != 1.0:
-            result = resize_instances(result, spatial)
+
+        def run(scale, reader=reader, again=False):
+            work = NormalisedSlice(reader, loaded.info, scale)
+            detections = yield from _detect_in_slice(
+                work, loaded, *settings, counter, len(indices), again
+            )
+            # painted slice by slice: a stack's raw masks are never all held at once
+            result = detections.paint(mask_threshold)
+            return result if scale == 1.0 else resize_instances(result, reader.shape)
+
+        result = yield from run(sizing.first_scale())
+        second = sizing.second_scale(result.labels)
+        if second is not None:
+            result = yield from run(second, again=True)
         results.append(result)
-    return stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
+    result = stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
+    result.metadata.update(sizing.report(stack_shape))
+    return result
 
 
 def detect_instances(
@@ -77,13 +91,14 @@ def detect_instances(
     tile_size: int | None = None,
     overlap: int | None = None,
     score_threshold: float | None = None,
+    augment: bool = False,
 ) -> Detections:
     """Detections of one 2D image before painting, so that several mask
     thresholds can be tried on one run of the network (``Detections.paint``).
     ``segment_instances`` is this plus painting, for any image."""
     from .predict import drain
 
-    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold)
+    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
     if stack_shape:
         raise InputError(f"detect_instances takes one 2D image, not a stack {stack_shape}")
@@ -91,8 +106,8 @@ def detect_instances(
     return drain(_detect_in_slice(work, loaded, *settings, TileCounter(), slices=1))
 
 
-def _prepare(image, model, device, tile_size, overlap, score_threshold):
-    """The loaded model and (tile size, overlap, score threshold), checked."""
+def _prepare(image, model, device, tile_size, overlap, score_threshold, augment):
+    """The loaded model and (tile size, overlap, score threshold, augment), checked."""
     loaded = load_model(model, device)
     check_task(loaded, INSTANCE)
     score_threshold, _ = options.detection_thresholds(
@@ -101,7 +116,7 @@ def _prepare(image, model, device, tile_size, overlap, score_threshold):
     tile_size, overlap = options.tiling(INSTANCE, tile_size, overlap, loaded.info.tile_size)
     check_dtype(image)
     configure_cpu_threads()
-    return loaded, (tile_size, overlap, score_threshold)
+    return loaded, (tile_size, overlap, score_threshold, augment)
 
 
 def _detect_in_slice(
@@ -110,21 +125,29 @@ def _detect_in_slice(
     tile_size: int,
     overlap: int,
     score_threshold: float,
+    augment: bool,
     counter: TileCounter,
     slices: int,
+    again: bool = False,
 ) -> Generator[Progress, None, Detections]:
     """Detections of one slice (at the rescaled size), tile by tile."""
-    counter.announce(len(fitted_tile_grid(*work.shape, tile_size, overlap)) * slices)
+    tiles = len(fitted_tile_grid(*work.shape, tile_size, overlap))
+    counter.add(tiles) if again else counter.announce(tiles * slices)
 
     def run_slice(model, tile, overlap):
-        return _detections(work, model, tile, overlap, score_threshold)
+        return _detections(work, model, tile, overlap, score_threshold, augment)
 
     steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
     return (yield from counter.run(steps, "detecting in tiles"))
 
 
 def _detections(
-    work: NormalisedSlice, loaded: LoadedModel, tile_size: int, overlap: int, score_threshold: float
+    work: NormalisedSlice,
+    loaded: LoadedModel,
+    tile_size: int,
+    overlap: int,
+    score_threshold: float,
+    augment: bool = False,
 ) -> Generator[None, None, Detections]:
     height, width = work.shape
     tiles = fitted_tile_grid(height, width, tile_size, overlap)
@@ -132,7 +155,11 @@ def _detections(
     for batch_tiles, arrays in work.batches(tiles, loaded.device):
         x = to_tensor(arrays, loaded.device, 1)
         with torch.inference_mode():  # the predictor picks the precision of each stage
-            found = loaded.predict_tiles(x, [a.shape[:2] for a in arrays], score_threshold)
+            sizes = [a.shape[:2] for a in arrays]
+            if augment:
+                found = augmented_detections(loaded, x, sizes, score_threshold)
+            else:
+                found = loaded.predict_tiles(x, sizes, score_threshold)
         for det, t in zip(found, batch_tiles):
             scores_all = det["scores"].float().cpu().numpy()
             keep = scores_all >= score_threshold

@@ -32,6 +32,10 @@ class TileCounter:
         """Set the total once, from the first slice's grid (all slices share a shape)."""
         self.total = self.total or total
 
+    def add(self, tiles: int) -> None:
+        """Count a further pass over a slice (e.g. after measuring its objects)."""
+        self.total += tiles
+
     def run(self, slice_steps, message: str):
         """Yield a Progress per tile of a slice generator (None per tile, a
         ``Retry`` when it restarts with smaller tiles) and return its result."""

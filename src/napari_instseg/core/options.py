@@ -12,6 +12,12 @@ Options shared by ``segment_semantic`` and ``segment_instances`` (keyword only):
 - ``overlap``: pixels shared by neighbouring tiles (default ``default_overlap``).
 - ``rescale``: resize factor applied before prediction; results come back at
   the input size.
+- ``diameter``: the typical object diameter in pixels, or "auto" to measure
+  it per slice from a first pass; the image is rescaled so that objects
+  arrive at the size the model was trained at (``core.diameter``). Not with
+  ``rescale``. The diameter and rescale used are in ``result.metadata``.
+- ``augment``: test-time augmentation: average the network's output over the
+  8 flips and 90 degree rotations of each tile (about 8x the network time).
 
 Semantic only: ``min_size`` (smallest object in pixels, default the model's,
 else ``MIN_SIZE``) and ``return_probabilities`` (default: kept up to
@@ -31,6 +37,10 @@ SCORE_THRESHOLD = 0.5
 MASK_THRESHOLD = 0.5
 MIN_SIZE = 8
 SEED_THRESHOLD = 0.5
+# diameter="auto" rescales only objects outside this band around the trained
+# diameter (as factors of it); rescaling stays within MIN/MAX_RESCALE.
+AUTO_DIAMETER_BAND = (1 / 1.4, 2.5)
+MIN_RESCALE, MAX_RESCALE = 0.25, 4.0
 # Above this many pixels per call, class probabilities are not kept by default.
 MAX_PROBABILITY_PIXELS = 4096 * 4096
 

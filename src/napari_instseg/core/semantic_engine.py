@@ -9,12 +9,15 @@ of class probabilities is held unless they are asked for.
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from . import options
+from .augmentation import augmented_probabilities
 from .devices import configure_cpu_threads
+from .diameter import SlicePlan
 from .memory import TileCounter, with_memory_fallback
 from .models.architectures import SEMANTIC
 from .models.loading import LoadedModel, load_model
@@ -51,6 +54,8 @@ def iter_segment_semantic(
     tile_size: int | None = None,
     overlap: int | None = None,
     rescale: float = 1.0,
+    diameter: float | str | None = None,
+    augment: bool = False,
     min_size: int | None = None,
     return_probabilities: bool | None = None,
 ) -> Generator[Progress, None, SemanticResult]:
@@ -61,46 +66,87 @@ def iter_segment_semantic(
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
     tile_size, overlap = options.tiling(SEMANTIC, tile_size, overlap, loaded.info.tile_size)
+    sizing = SlicePlan(loaded, diameter, rescale)
     post = loaded.info.postprocess
-    min_size = int(post.get("min_size", options.MIN_SIZE) if min_size is None else min_size)
     names = loaded.info.class_names
-    interior = names.index(post.get("instance_class", names[1]))
-    boundary = names.index("boundary") if "boundary" in names else -1
-    seed_threshold = float(post.get("seed_threshold", options.SEED_THRESHOLD))
-
+    settings = _Settings(
+        loaded,
+        tile_size,
+        overlap,
+        min_size=int(post.get("min_size", options.MIN_SIZE) if min_size is None else min_size),
+        interior=names.index(post.get("instance_class", names[1])),
+        boundary=names.index("boundary") if "boundary" in names else -1,
+        seed_threshold=float(post.get("seed_threshold", options.SEED_THRESHOLD)),
+        augment=augment,
+        return_probabilities=return_probabilities,
+    )
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
     outputs, spatial = [], None
     for index in indices:
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
-        work = NormalisedSlice(reader, loaded.info, rescale)
-        counter.announce(len(fitted_tile_grid(*work.shape, tile_size, overlap)) * len(indices))
-        keep = (
-            return_probabilities
-            if return_probabilities is not None
-            else spatial[0] * spatial[1] * len(indices) <= options.MAX_PROBABILITY_PIXELS
-        ) and rescale == 1.0  # probabilities at the rescaled size would not fit the image
+        passes = len(indices), counter
+        output = yield from _segment_slice(settings, reader, sizing.first_scale(), *passes)
+        second = sizing.second_scale(output[3])
+        if second is not None:
+            output = yield from _segment_slice(settings, reader, second, *passes, again=True)
+        outputs.append(output)
+    result = _assemble(outputs, stack_shape, spatial, loaded)
+    result.instances.metadata.update(sizing.report(stack_shape))
+    return result
 
-        def run_slice(model, tile, overlap, work=work, keep=keep):
-            return _class_maps(work, model, tile, overlap, keep, interior)
 
-        steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
-        classes, interior_probability, probs = yield from counter.run(steps, "predicting tiles")
-        if rescale != 1.0:
-            classes = resize_labels(classes, spatial)
-            interior_probability = resize_labels(interior_probability, spatial)
-            probs = None
-        labels = instances_from_classes(
-            classes,
-            min_size,
-            interior_class=interior,
-            boundary_class=boundary,
-            seed_probability=interior_probability,
-            seed_threshold=seed_threshold,
-        )
-        outputs.append((classes, interior_probability, probs, labels))
-    return _assemble(outputs, stack_shape, spatial, loaded)
+@dataclass(frozen=True)
+class _Settings:
+    loaded: LoadedModel
+    tile_size: int
+    overlap: int
+    min_size: int
+    interior: int  # class index of object interiors
+    boundary: int  # class index of boundaries (-1: none)
+    seed_threshold: float
+    augment: bool
+    return_probabilities: bool | None
+
+
+def _segment_slice(
+    settings: _Settings,
+    reader: SliceReader,
+    scale: float,
+    slices: int,
+    counter: TileCounter,
+    again: bool = False,
+):
+    """(classes, interior probability, probabilities, labels) of one slice
+    predicted at ``scale``, at the slice's own size."""
+    loaded, tile_size, overlap = settings.loaded, settings.tile_size, settings.overlap
+    work = NormalisedSlice(reader, loaded.info, scale)
+    tiles = len(fitted_tile_grid(*work.shape, tile_size, overlap))
+    counter.add(tiles) if again else counter.announce(tiles * slices)
+    height, width = reader.shape
+    keep = settings.return_probabilities
+    if keep is None:
+        keep = height * width * slices <= options.MAX_PROBABILITY_PIXELS
+    keep = keep and scale == 1.0  # probabilities at a rescaled size would not fit the image
+
+    def run_slice(model, tile, overlap):
+        return _class_maps(work, model, tile, overlap, keep, settings.interior, settings.augment)
+
+    steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
+    classes, interior_probability, probs = yield from counter.run(steps, "predicting tiles")
+    if scale != 1.0:
+        classes = resize_labels(classes, reader.shape)
+        interior_probability = resize_labels(interior_probability, reader.shape)
+    labels = instances_from_classes(
+        classes,
+        settings.min_size,
+        interior_class=settings.interior,
+        boundary_class=settings.boundary,
+        seed_probability=interior_probability,
+        seed_threshold=settings.seed_threshold,
+    )
+    return classes, interior_probability, probs, labels
 
 
 def _class_maps(
@@ -110,6 +156,7 @@ def _class_maps(
     overlap: int,
     keep_probabilities: bool,
     instance_class: int,
+    augment: bool = False,
 ) -> Generator[None, None, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Class map, the instance class's probability (uint8, x 255) and optional
     probabilities of one slice, yielding once per tile."""
@@ -136,7 +183,8 @@ def _class_maps(
             band_acc = np.concatenate([band_acc, np.zeros((n_classes, grow, width), np.float32)], 1)
             band_weight = np.concatenate([band_weight, np.zeros((grow, width), np.float32)], 0)
         for batch_tiles, arrays in work.batches(row_tiles, loaded.device):
-            probs = loaded.predict_tiles(to_tensor(arrays, loaded.device, divisor))
+            x = to_tensor(arrays, loaded.device, divisor)
+            probs = augmented_probabilities(loaded, x) if augment else loaded.predict_tiles(x)
             probs = probs.float().cpu().numpy()
             for k, t in enumerate(batch_tiles):
                 th, tw = t.y1 - t.y0, t.x1 - t.x0

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from .batches import maskrcnn_batch, unet_batch
 from .data import IGNORE_INDEX, AnnotatedImage
 from .devices import cpu_has_fast_bfloat16
+from .diameter import training_diameter
 from .files import atomic_write
 from .models import checkpoint
 from .models.loading import LoadedModel
@@ -182,6 +183,9 @@ class Trainer:
             "seconds": round(self.state.seconds, 1),
         }
         metadata = {**info.to_metadata(), "training": training}
+        if not self.semantic:  # the size its objects were learnt at, for diameter=
+            measured = training_diameter(sample.labels for sample in self.train_samples)
+            metadata["object_diameter"] = measured or info.object_diameter
         checkpoint.save_checkpoint(path, self.loaded.module.state_dict(), metadata)
 
     def _log(self, row: dict) -> None:

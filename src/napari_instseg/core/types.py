@@ -54,6 +54,8 @@ class InstanceResult:
     class_ids: np.ndarray
     class_names: list[str]
     stack_index: np.ndarray | None = None
+    # how the result was made: e.g. the diameter and rescale factor used
+    metadata: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.label_ids)

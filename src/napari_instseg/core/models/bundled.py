@@ -4,6 +4,7 @@ hub folder, if the user put them there)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,21 @@ def bundled_weights_path(name: str) -> Path:
     return Path(str(resources.files("napari_instseg") / "weights" / f"{name}.safetensors"))
 
 
+def amendments(name: str) -> dict:
+    """Metadata learnt after a bundled model's weights were committed (e.g. its
+    trained object diameter), kept beside them in ``NAME.metadata.json`` so
+    that the 28 MB of weights need not be committed again for a few numbers."""
+    path = bundled_weights_path(name).with_suffix(".metadata.json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _bundled_metadata(name: str) -> dict:
+    return {**checkpoint.read_metadata(bundled_weights_path(name)), **amendments(name)}
+
+
 def _bundled_loader(name: str) -> Callable[[], tuple[dict, dict]]:
     def load() -> tuple[dict, dict]:
         path = bundled_weights_path(name)
@@ -38,7 +54,8 @@ def _bundled_loader(name: str) -> Callable[[], tuple[dict, dict]]:
                 f"the bundled weights of {name!r} are missing from this installation "
                 f"(expected {path}); reinstall napari-instseg or pass a checkpoint path"
             )
-        return checkpoint.load_checkpoint(path)
+        state, metadata = checkpoint.load_checkpoint(path)
+        return state, {**metadata, **amendments(name)}
 
     return load
 
@@ -63,7 +80,7 @@ def default_entries() -> list[RegisteredModel]:
             _bundled_loader(name),
             lambda n=name: bundled_weights_path(n).exists(),
             architecture,
-            lambda n=name: checkpoint.read_metadata(bundled_weights_path(n)),
+            lambda n=name: _bundled_metadata(n),
             lambda n=name: bundled_weights_path(n),
         )
         for name, (architecture, description) in BUNDLED.items()

@@ -21,6 +21,8 @@ class ModelInfo:
     in_channels: int = 3
     normalization: dict = field(default_factory=lambda: {"low": 1.0, "high": 99.8})
     tile_size: int = 512
+    # typical object diameter (px) of the training images (core.diameter)
+    object_diameter: float | None = None
     description: str = ""
     postprocess: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)

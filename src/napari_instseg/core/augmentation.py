@@ -1,0 +1,126 @@
+"""Test-time augmentation: the network run on the 8 flips and 90 degree
+rotations of each tile, its outputs mapped back and averaged.
+
+Class probabilities are averaged pixel by pixel. Detections are mapped back
+(boxes and their 28x28 masks), grouped across the 8 views by box overlap
+(at most one per view) and fused: score-weighted mean box and mask, and a
+score that is the sum over views divided by 8, so an object seen in only
+some views scores lower (as in weighted box fusion).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+VIEWS = [(k, flip) for flip in (False, True) for k in range(4)]  # (quarter turns, mirrored)
+FUSE_IOU = 0.55
+
+
+def _view(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    if flip:
+        x = x.flip(-1)
+    return torch.rot90(x, k, dims=(-2, -1))
+
+
+def _unview(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, -k, dims=(-2, -1))
+    return x.flip(-1) if flip else x
+
+
+def augmented_probabilities(loaded, batch: torch.Tensor) -> torch.Tensor:
+    """Class probabilities of a batch, averaged over the 8 views."""
+    total = None
+    for k, flip in VIEWS:
+        probs = _unview(loaded.predict_tiles(_view(batch, k, flip)).float(), k, flip)
+        total = probs if total is None else total + probs
+    return total / len(VIEWS)
+
+
+def _boxes_back(boxes: np.ndarray, k: int, flip: bool, height: int, width: int) -> np.ndarray:
+    """(x0, y0, x1, y1) boxes of a view mapped back to the tile's frame."""
+    x0, y0, x1, y1 = boxes.T
+    # the view's frame after k quarter turns (counter-clockwise, as torch.rot90)
+    h, w = (width, height) if k % 2 else (height, width)
+    for _ in range(k % 4):  # undo one quarter turn: (x, y) -> (h - y, x) in the older frame
+        x0, y0, x1, y1 = h - y1, x0, h - y0, x1
+        h, w = w, h
+    if flip:
+        x0, x1 = width - x1, width - x0
+    return np.stack([x0, y0, x1, y1], axis=1)
+
+
+def _masks_back(masks: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Box-frame masks (N, 28, 28) of a view mapped back like their boxes."""
+    masks = np.rot90(masks, -k, axes=(1, 2))
+    return masks[:, :, ::-1] if flip else masks
+
+
+def augmented_detections(loaded, batch, sizes, score_threshold: float) -> list[dict]:
+    """Detections of a batch, fused over the 8 views (dicts as torchvision's)."""
+    views = []
+    for k, flip in VIEWS:
+        viewed = _view(batch, k, flip)
+        view_sizes = [(w, h) if k % 2 else (h, w) for h, w in sizes]
+        # a view may find an object below the threshold that its fusion lifts
+        views.append(loaded.predict_tiles(viewed, view_sizes, score_threshold / 2))
+    fused = []
+    for i, (height, width) in enumerate(sizes):
+        parts = []
+        for v, (k, flip) in enumerate(VIEWS):
+            det = views[v][i]
+            boxes = det["boxes"].float().cpu().numpy()
+            masks = det["masks"].float().cpu().numpy()[:, 0]
+            parts.append(
+                (
+                    _boxes_back(boxes, k, flip, height, width),
+                    det["scores"].float().cpu().numpy(),
+                    det["labels"].cpu().numpy(),
+                    _masks_back(masks, k, flip),
+                    np.full(len(boxes), v),
+                )
+            )
+        fused.append(_fuse(*(np.concatenate(p) for p in zip(*parts))))
+    return fused
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-6)
+
+
+def _fuse(boxes, scores, labels, masks, view) -> dict:
+    """Greedy grouping by score: each group takes the best detection and, from
+    every other view, its best-overlapping detection of the same class."""
+    order = np.argsort(-scores, kind="stable")
+    free = np.ones(len(scores), bool)
+    out_boxes, out_scores, out_labels, out_masks = [], [], [], []
+    for first in order:
+        if not free[first]:
+            continue
+        candidates = np.flatnonzero(free & (labels == labels[first]))
+        overlap = _iou(boxes[first], boxes[candidates])
+        group = [first]
+        for v in np.unique(view[candidates]):
+            if v == view[first]:
+                continue
+            of_view = (view[candidates] == v) & (overlap >= FUSE_IOU)
+            if of_view.any():
+                group.append(candidates[of_view][np.argmax(overlap[of_view])])
+        free[group] = False
+        weights = scores[group] / scores[group].sum()
+        out_boxes.append(weights @ boxes[group])
+        out_masks.append(np.tensordot(weights, masks[group], axes=1))
+        out_scores.append(scores[group].sum() / len(VIEWS))
+        out_labels.append(labels[first])
+    n = len(out_scores)
+    return {
+        "boxes": torch.from_numpy(np.array(out_boxes, np.float32).reshape(n, 4)),
+        "scores": torch.from_numpy(np.array(out_scores, np.float32)),
+        "labels": torch.from_numpy(np.array(out_labels, np.int64)),
+        "masks": torch.from_numpy(np.array(out_masks, np.float32).reshape(n, 1, 28, 28)),
+    }

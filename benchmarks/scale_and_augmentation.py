@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="only the first N gray images")
     parser.add_argument("--models", nargs="+", default=["nuclei-unet", "nuclei-maskrcnn"])
+    parser.add_argument("--cases", nargs="+", help="only these cases (names as printed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# {machine_description()}, commit {git_commit()}, split {args.split}")
@@ -81,6 +82,8 @@ def main() -> None:
         print(f"\n{name} (trained diameter {model.info.object_diameter} px)")
         print(f"{'case':<24} {'AP50':>6} {'95% interval':>14} {'AP75':>6} {'s/image':>8}")
         for case, scale, options in CASES:
+            if args.cases and case not in args.cases:
+                continue
             counts, seconds = [], 0.0
             for image, truth in images:
                 image, truth = scaled(image, truth, scale)

@@ -10,7 +10,7 @@
    To compare with an older checkout, run this script with that checkout's
    ``src`` first on PYTHONPATH.
 2. One 512x512 field by model name against a preloaded model (median of 5):
-   target <= 1.15x.
+   target <= 1.15x; and with ``diameter="auto"`` (issue 17: at most +30%).
 """
 
 from __future__ import annotations
@@ -92,9 +92,11 @@ def main() -> None:
             loaded = load_model(model, "cpu")
             by_name = median_time(lambda s=segment, m=model: s(field, m, device="cpu"))
             preloaded = median_time(lambda s=segment, m=loaded: s(field, m, device="cpu"))
+            auto = median_time(lambda s=segment, m=loaded: s(field, m, diameter="auto"))
             print(
                 f"{model}: 512x512 by name {by_name:.3f} s, preloaded {preloaded:.3f} s "
-                f"({by_name / preloaded:.2f}x)"
+                f"({by_name / preloaded:.2f}x); diameter auto {auto:.3f} s "
+                f"({auto / preloaded:.2f}x)"
             )
 
 

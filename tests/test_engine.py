@@ -53,8 +53,11 @@ def test_semantic_tiled_equals_untiled_exactly(oracle_unet):
 
 def _oracle_detect(module, batch, sizes, score_threshold=0.0):
     """Stands in for Mask R-CNN: every bright connected component in the tile
-    (cut by the tile edge or not) becomes a detection with a 28x28 mask."""
+    (cut by the tile edge or not) becomes a detection with a 28x28 mask, cut
+    from the component as torchvision cuts Mask R-CNN's training targets
+    (``roi_align(aligned=False)``), which is what the real heads learn."""
     from scipy import ndimage
+    from torchvision.ops import roi_align
 
     detections = []
     for i, (h, w) in enumerate(sizes):
@@ -62,9 +65,11 @@ def _oracle_detect(module, batch, sizes, score_threshold=0.0):
         comps, n = ndimage.label(fg)
         boxes, masks = [], []
         for k, sl in enumerate(ndimage.find_objects(comps), start=1):
-            crop = torch.from_numpy((comps[sl] == k).astype(np.float32))[None, None]
-            masks.append(torch.nn.functional.interpolate(crop, size=(28, 28), mode="bilinear"))
-            boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+            box = [sl[1].start, sl[0].start, sl[1].stop, sl[0].stop]
+            component = torch.from_numpy((comps == k).astype(np.float32))[None, None]
+            rois = torch.tensor([[0.0, *box]])
+            masks.append(roi_align(component, rois, (28, 28), 1.0, 0, aligned=False))
+            boxes.append(box)
         detections.append(
             {
                 "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),

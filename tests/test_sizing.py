@@ -82,14 +82,14 @@ def test_diameter_errors_are_one_line(sized_oracle, oracle_unet):
 
 def test_instances_take_a_diameter_too(tiny_maskrcnn_path):
     base = load_model(tiny_maskrcnn_path, "cpu")
-    info = dataclasses.replace(base.info, object_diameter=18.0)
+    info = dataclasses.replace(base.info, object_diameter=30.0)
     oracle = dataclasses.replace(base, info=info, tile_predictor=_oracle_detect)
     image, truth = _grid_of_discs((240, 240), 18, 46)
     result = segment_instances(image, oracle, diameter="auto")
     assert result.labels.shape == image.shape
     assert result.metadata["diameter_mode"] == "auto"
     assert abs(result.metadata["diameter"] - 36) <= 0.15 * 36
-    assert result.metadata["rescale"] == 1.0  # 36 px lies in the band around 18 px
+    assert result.metadata["rescale"] == 1.0  # 36 px lies in the band around 30 px
     assert match_counts(truth, result.labels, [0.5]).summary()["ap"][0] == 1.0
 
 

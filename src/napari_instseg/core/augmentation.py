@@ -50,10 +50,45 @@ def _boxes_back(boxes: np.ndarray, k: int, flip: bool, height: int, width: int) 
     return np.stack([x0, y0, x1, y1], axis=1)
 
 
-def _masks_back(masks: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """Box-frame masks (N, 28, 28) of a view mapped back like their boxes."""
+def _reversed_axes(k: int, flip: bool) -> tuple[bool, bool]:
+    """Whether a view runs the tile's y and x axes backwards."""
+    rotated_y, rotated_x = {0: (False, False), 1: (False, True), 2: (True, True), 3: (True, False)}[
+        k % 4
+    ]
+    return rotated_y, rotated_x != flip
+
+
+def _masks_back(masks: np.ndarray, boxes: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """Box-frame masks (N, 28, 28) of a view mapped back like their (mapped
+    back) ``boxes``.
+
+    The heads learnt masks sampled with ``roi_align(aligned=False)``, which
+    reads pixel j at coordinate j: a mask's edges sit half a pixel before its
+    box's, in the direction its axis runs. Along an axis that the view ran
+    backwards that is half a pixel the other way once mapped back, so the mask
+    is moved one pixel back to agree with the other views.
+    """
+    from scipy import ndimage
+
     masks = np.rot90(masks, -k, axes=(1, 2))
-    return masks[:, :, ::-1] if flip else masks
+    masks = np.ascontiguousarray(masks[:, :, ::-1] if flip else masks)
+    reverse_y, reverse_x = _reversed_axes(k, flip)
+    if not (reverse_y or reverse_x):
+        return masks
+    cells = masks.shape[-1]
+    heights = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
+    widths = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
+    return np.stack(
+        [
+            ndimage.shift(
+                mask,
+                (-cells / h if reverse_y else 0.0, -cells / w if reverse_x else 0.0),
+                order=1,
+                mode="nearest",
+            )
+            for mask, h, w in zip(masks, heights, widths)
+        ]
+    ).reshape(masks.shape)
 
 
 def augmented_detections(loaded, batch, sizes, score_threshold: float) -> list[dict]:
@@ -71,17 +106,32 @@ def augmented_detections(loaded, batch, sizes, score_threshold: float) -> list[d
             det = views[v][i]
             boxes = det["boxes"].float().cpu().numpy()
             masks = det["masks"].float().cpu().numpy()[:, 0]
+            back = _boxes_back(boxes, k, flip, height, width)
             parts.append(
                 (
-                    _boxes_back(boxes, k, flip, height, width),
+                    back,
                     det["scores"].float().cpu().numpy(),
                     det["labels"].cpu().numpy(),
-                    _masks_back(masks, k, flip),
+                    _masks_back(masks, back, k, flip),
                     np.full(len(boxes), v),
                 )
             )
         fused.append(_fuse(*(np.concatenate(p) for p in zip(*parts))))
     return fused
+
+
+def _mask_in_box(mask: np.ndarray, box: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """A box-frame mask resampled into the frame of another box, so masks of
+    slightly different boxes are averaged where they lie in the image."""
+    from scipy import ndimage
+
+    cells = mask.shape[0]
+    centres = (np.arange(cells) + 0.5) / cells
+    # image coordinates of the target's cell centres, in the source mask's cells
+    ys = (target[1] + centres * (target[3] - target[1]) - box[1]) / max(box[3] - box[1], 1e-3)
+    xs = (target[0] + centres * (target[2] - target[0]) - box[0]) / max(box[2] - box[0], 1e-3)
+    grid = np.meshgrid(ys * cells - 0.5, xs * cells - 0.5, indexing="ij")
+    return ndimage.map_coordinates(mask, grid, order=1, mode="constant", cval=0.0)
 
 
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -113,8 +163,10 @@ def _fuse(boxes, scores, labels, masks, view) -> dict:
                 group.append(candidates[of_view][np.argmax(overlap[of_view])])
         free[group] = False
         weights = scores[group] / scores[group].sum()
-        out_boxes.append(weights @ boxes[group])
-        out_masks.append(np.tensordot(weights, masks[group], axes=1))
+        fused_box = weights @ boxes[group]
+        out_boxes.append(fused_box)
+        resampled = [_mask_in_box(masks[g], boxes[g], fused_box) for g in group]
+        out_masks.append(np.tensordot(weights, np.stack(resampled), axes=1))
         out_scores.append(scores[group].sum() / len(VIEWS))
         out_labels.append(labels[first])
     n = len(out_scores)

@@ -5,9 +5,8 @@ A model stores the median (over its training images) of each image's median
 object diameter (``ModelInfo.object_diameter``). ``diameter="auto"`` measures
 the objects of a first pass at the input size and predicts again, rescaled,
 only when they lie outside the band the model handles as they are
-(``options.AUTO_DIAMETER_BAND``): the training crops were already scaled by
-0.7-1.5 and the training images' own diameters span 11-47 px (10th-90th
-percentile), so most images need no second pass.
+(``options.AUTO_DIAMETER_BAND``, 1/1.4 to 1.4 times the trained diameter, as
+the training crops were scaled by 0.7-1.5), so most images need one pass.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from .models.loading import LoadedModel, load_model
 from .postprocess import (
     instance_result_from_labels,
     instances_from_classes,
+    relabel_sequential,
     resize_labels,
     stack_instances,
 )
@@ -37,6 +38,8 @@ from .reading import (
 )
 from .tiling import Tile, blend_window, fitted_tile_grid
 from .types import ModelError, Progress, SemanticResult
+
+MIN_MEASURED_SIZE = 4  # pixels: smaller specks say nothing about object size
 
 
 def check_task(loaded: LoadedModel, task: str) -> None:
@@ -87,8 +90,11 @@ def iter_segment_semantic(
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
         passes = len(indices), counter
-        output = yield from _segment_slice(settings, reader, sizing.first_scale(), *passes)
-        second = sizing.second_scale(output[3])
+        first = sizing.first_scale()
+        output = yield from _segment_slice(
+            settings, reader, first, *passes, measure=sizing.diameter == "auto"
+        )
+        second = sizing.second_scale(output[4])
         if second is not None:
             output = yield from _segment_slice(settings, reader, second, *passes, again=True)
         outputs.append(output)
@@ -117,9 +123,10 @@ def _segment_slice(
     slices: int,
     counter: TileCounter,
     again: bool = False,
+    measure: bool = False,
 ):
-    """(classes, interior probability, probabilities, labels) of one slice
-    predicted at ``scale``, at the slice's own size."""
+    """(classes, interior probability, probabilities, labels, labels to
+    measure) of one slice predicted at ``scale``, at the slice's own size."""
     loaded, tile_size, overlap = settings.loaded, settings.tile_size, settings.overlap
     work = NormalisedSlice(reader, loaded.info, scale)
     tiles = len(fitted_tile_grid(*work.shape, tile_size, overlap))
@@ -135,18 +142,27 @@ def _segment_slice(
 
     steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
     classes, interior_probability, probs = yield from counter.run(steps, "predicting tiles")
+
+    def instances(min_size: int) -> np.ndarray:
+        # at the size the network saw, where the post-processing was tuned
+        labels = instances_from_classes(
+            classes,
+            min_size,
+            interior_class=settings.interior,
+            boundary_class=settings.boundary,
+            seed_probability=interior_probability,
+            seed_threshold=settings.seed_threshold,
+        )
+        return labels if scale == 1.0 else relabel_sequential(resize_labels(labels, reader.shape))
+
+    labels = instances(settings.min_size)
+    # a first pass measures objects the minimum size would drop: those too
+    # small are what diameter="auto" must find to enlarge them
+    measured = instances(MIN_MEASURED_SIZE) if measure else labels
     if scale != 1.0:
         classes = resize_labels(classes, reader.shape)
         interior_probability = resize_labels(interior_probability, reader.shape)
-    labels = instances_from_classes(
-        classes,
-        settings.min_size,
-        interior_class=settings.interior,
-        boundary_class=settings.boundary,
-        seed_probability=interior_probability,
-        seed_threshold=settings.seed_threshold,
-    )
-    return classes, interior_probability, probs, labels
+    return classes, interior_probability, probs, labels, measured
 
 
 def _class_maps(
@@ -215,7 +231,7 @@ def _assemble(outputs, stack_shape, spatial, loaded) -> SemanticResult:
     instance_class = loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
     class_names = ["background", instance_class]
     results = []
-    for _, interior_probability, _, labels in outputs:
+    for _, interior_probability, _, labels, _ in outputs:
         n = int(labels.max()) if labels.size else 0
         scores = (
             ndimage.mean(interior_probability, labels, np.arange(1, n + 1)) / 255.0

@@ -300,7 +300,7 @@ def test_train_widget_fine_tunes_on_viewer_pairs_and_registers(
 
 
 def test_train_widget_cancel_saves_nothing(make_napari_viewer, qtbot, tiny_unet_path, tmp_path):
-    from napari_instseg._widgets.train import TrainWidget
+    from napari_instseg._widgets.train import TrainingStep, TrainWidget
     from napari_instseg.core.models.registry import register_checkpoint
 
     register_checkpoint(tiny_unet_path)
@@ -312,7 +312,9 @@ def test_train_widget_cancel_saves_nothing(make_napari_viewer, qtbot, tiny_unet_
     widget.epochs.value = 1000
     widget.output.value = str(tmp_path / "never.safetensors")
     worker = widget.train(blocking=False)
-    worker.yielded.connect(lambda m: m[0] == "step" and m[1].done >= 2 and widget.cancel())
+    worker.yielded.connect(
+        lambda m: isinstance(m, TrainingStep) and m.progress.done >= 2 and widget.cancel()
+    )
     with qtbot.waitSignal(worker.finished, timeout=120000):
         pass
     assert not (tmp_path / "never.safetensors").exists()

@@ -6,6 +6,7 @@ the segmentation widgets' model lists."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,22 @@ from magicgui.widgets import (
 from ._common import device_picker, import_torch, wrapping_label
 
 DEFAULT_OUTPUT = Path.home() / "napari-instseg-models" / "finetuned.safetensors"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The training job is set up (images loaded, base model scored)."""
+
+    job: object  # finetune.FineTuneJob
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One training iteration: its progress, loss and, after a validation, the scores."""
+
+    progress: object  # core.types.Progress
+    loss: float | None
+    scores: dict | None
 
 
 class TrainWidget(Container):
@@ -186,11 +203,11 @@ class TrainWidget(Container):
             device=self.device.value,
             name=output.stem,
         )
-        yield ("prepared", job)
+        yield Prepared(job)
         for step in job.trainer.run():
             trainer = job.trainer
             validated = trainer.validated_at == step.done
-            yield ("step", step, trainer.last_loss, trainer.last_scores if validated else None)
+            yield TrainingStep(step, trainer.last_loss, trainer.last_scores if validated else None)
         saved = job.save(output)
         name = remember_checkpoint(saved)
         after = job.trainer.state.best_score
@@ -206,16 +223,15 @@ class TrainWidget(Container):
         self._baseline = None
         self.status.value = ""
         if blocking:
-            generator = self._work()
+            from ..core.predict import drain
+
             try:
-                while True:
-                    self._on_yield(next(generator))
-            except StopIteration as stop:
-                self._on_done(stop.value)
-                return stop.value
+                value = drain(self._work(), self._on_yield)
             except Exception as err:
                 self._on_error(err)
                 raise
+            self._on_done(value)
+            return value
         from napari.qt.threading import create_worker
 
         worker = create_worker(self._work, _start_thread=False)
@@ -237,9 +253,9 @@ class TrainWidget(Container):
         if self._worker is not None:
             self._worker.quit()
 
-    def _on_yield(self, message):
-        if message[0] == "prepared":
-            job = message[1]
+    def _on_yield(self, message: Prepared | TrainingStep):
+        if isinstance(message, Prepared):
+            job = message.job
             self._baseline = job.baseline.get("score")
             text = [
                 f"Training on {len(job.trainer.train_samples)} image(s), validating on "
@@ -248,7 +264,7 @@ class TrainWidget(Container):
             text += [f"Warning: {w}" for w in job.warnings]
             self.status.value = " ".join(text)
             return
-        _, step, loss, scores = message
+        step, loss, scores = message.progress, message.loss, message.scores
         self.progress.max = max(1, step.total if step.total < 10**6 else step.done + 1)
         self.progress.value = step.done
         self._history["it"].append(step.done)

@@ -90,9 +90,6 @@ class AnnotatedImage:
         lows, highs = percentile_range(image, normalization["low"], normalization["high"])
         return cls(name, image, labels, lows, highs, instance_classes, ignore_value)
 
-    def normalized(self) -> np.ndarray:
-        return apply_range(self.image, self.lows, self.highs)
-
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Pixels of a TIFF, PNG or JPEG file (TIFF pages as stored).

@@ -66,17 +66,23 @@ def test_predict_instances_with_maskrcnn_checkpoint(tmp_path, tiny_maskrcnn_path
     assert len(rows) == len(np.unique(labels)) - 1
 
 
-def test_predict_passes_both_detection_thresholds(tmp_path, tiny_maskrcnn_path, monkeypatch):
+def _spy_on(monkeypatch, function: str) -> dict:
+    """The keyword arguments of the latest call of ``core.predict.<function>``."""
     from napari_instseg.core import predict
 
     seen = {}
-    segment = predict.segment_instances
+    segment = getattr(predict, function)
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return segment(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "segment_instances", spy)
+    monkeypatch.setattr(predict, function, spy)
+    return seen
+
+
+def test_predict_passes_both_detection_thresholds(tmp_path, tiny_maskrcnn_path, monkeypatch):
+    seen = _spy_on(monkeypatch, "segment_instances")
     tifffile.imwrite(tmp_path / "a.tif", np.random.rand(48, 48).astype(np.float32))
     args = ["predict", str(tmp_path / "a.tif"), "--model", str(tiny_maskrcnn_path)]
     assert main([*args, "-o", str(tmp_path)]) == 0
@@ -217,16 +223,7 @@ def test_outputs_get_ordinary_file_permissions(tmp_path, tiny_unet_path):
 
 
 def test_predict_passes_diameter_and_augment(tmp_path, tiny_unet_path, monkeypatch, capsys):
-    from napari_instseg.core import predict
-
-    seen = {}
-    segment = predict.segment_semantic
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return segment(*args, **kwargs)
-
-    monkeypatch.setattr(predict, "segment_semantic", spy)
+    seen = _spy_on(monkeypatch, "segment_semantic")
     tifffile.imwrite(tmp_path / "a.tif", np.random.rand(48, 48).astype(np.float32))
     args = ["predict", str(tmp_path / "a.tif"), "--model", str(tiny_unet_path), "-o", str(tmp_path)]
     assert main(args) == 0

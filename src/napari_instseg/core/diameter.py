@@ -111,6 +111,16 @@ class SlicePlan:
         self.used.append((None if measured is None else round(measured, 1), scale))
         return None if scale == 1.0 else scale
 
+    def passes(self, run, objects_of):
+        """Run a slice's passes: ``run(scale, again)`` is a generator predicting
+        the slice at ``scale``; ``objects_of(output)`` gives its labels to measure.
+        Returns the output of the last pass."""
+        output = yield from run(self.first_scale(), False)
+        second = self.second_scale(objects_of(output))
+        if second is not None:
+            output = yield from run(second, True)
+        return output
+
     def report(self, stack_shape: tuple[int, ...]) -> dict:
         if self.diameter is None and self.rescale == 1.0:
             return {}

@@ -63,7 +63,7 @@ def iter_segment_instances(
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
 
-        def run(scale, reader=reader, again=False):
+        def run(scale, again, reader=reader):
             work = NormalisedSlice(reader, loaded.info, scale)
             detections = yield from _detect_in_slice(
                 work, loaded, *settings, counter, len(indices), again
@@ -72,11 +72,7 @@ def iter_segment_instances(
             result = detections.paint(mask_threshold)
             return result if scale == 1.0 else resize_instances(result, reader.shape)
 
-        result = yield from run(sizing.first_scale())
-        second = sizing.second_scale(result.labels)
-        if second is not None:
-            result = yield from run(second, again=True)
-        results.append(result)
+        results.append((yield from sizing.passes(run, lambda result: result.labels)))
     result = stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
     result.metadata.update(sizing.report(stack_shape))
     return result

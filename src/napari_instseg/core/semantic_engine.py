@@ -85,18 +85,18 @@ def iter_segment_semantic(
     )
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
+    auto = sizing.diameter == "auto"
     outputs, spatial = [], None
     for index in indices:
         reader = SliceReader(image, index, channel_axis)
         spatial = reader.shape
-        passes = len(indices), counter
-        first = sizing.first_scale()
-        output = yield from _segment_slice(
-            settings, reader, first, *passes, measure=sizing.diameter == "auto"
-        )
-        second = sizing.second_scale(output[4])
-        if second is not None:
-            output = yield from _segment_slice(settings, reader, second, *passes, again=True)
+
+        def run(scale, again, reader=reader):
+            return _segment_slice(
+                settings, reader, scale, len(indices), counter, again, measure=auto and not again
+            )
+
+        output = yield from sizing.passes(run, lambda output: output[4])
         outputs.append(output)
     result = _assemble(outputs, stack_shape, spatial, loaded)
     result.instances.metadata.update(sizing.report(stack_shape))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers
-from .core.export import MEASUREMENT_COLUMNS, coco_document, measurements, read_coco
+from .core.export import MEASUREMENT_COLUMNS, coco_document, measurements, read_coco, slice_name
 from .core.files import atomic_write
 from .core.postprocess import boxes_from_labels
 from .core.types import InstanceResult
@@ -50,20 +50,20 @@ def result_from_layer(data: np.ndarray, meta: dict) -> InstanceResult:
     )
 
 
-def _slices(data: np.ndarray, name: str):
-    """(file name, 2D slice) pairs of a label image of any dimension."""
+def _slices(data: np.ndarray):
+    """(stack index, 2D slice) pairs of a label image of any dimension; () for 2D."""
     data = np.asarray(data)
     if data.ndim == 2:
-        yield name, data
+        yield (), data
         return
     for index in np.ndindex(*data.shape[:-2]):
-        yield f"{name}[{','.join(map(str, index))}]", data[index]
+        yield index, data[index]
 
 
 def write_coco(path: str, data, meta: dict) -> list[str]:
     """Save a Labels layer (ids, classes and scores from its features) as COCO JSON."""
     name = meta.get("name", Path(path).stem)
-    entries = [(n, result_from_layer(s, meta)) for n, s in _slices(data, name)]
+    entries = [(slice_name(name, i), result_from_layer(s, meta)) for i, s in _slices(data)]
     text = json.dumps(coco_document(entries))
     atomic_write(path, lambda tmp: tmp.write_text(text))
     return [path]
@@ -82,15 +82,14 @@ def write_measurements(path: str, layer_data: list) -> list[str]:
     scores = {int(i): float(s) for i, s in zip(result.label_ids, result.scores)}
     intensity = images[0] if images else None
     rows = []
-    for slice_name, labels2d in _slices(data, "slice"):
-        index = slice_name[6:-1] if slice_name != "slice" else ""
+    for index, labels2d in _slices(data):
         plane = intensity
         if intensity is not None and index:
-            plane = intensity[tuple(int(i) for i in index.split(","))]
+            plane = intensity[index]
         if plane is not None and plane.shape[:2] != labels2d.shape:
             plane = None
         for row in measurements(labels2d, plane, names, scores):
-            rows.append({"slice": index, **row} if index else row)
+            rows.append({"slice": ",".join(map(str, index)), **row} if index else row)
     columns = (["slice"] if any("slice" in r for r in rows) else []) + MEASUREMENT_COLUMNS
 
     def write(tmp: Path) -> None:

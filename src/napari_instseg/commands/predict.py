@@ -182,6 +182,7 @@ def cmd_predict(args) -> int:
 
 def _add_to_coco(coco, file_name: str, instances) -> None:
     """Add a result to the COCO document; stacks go in slice by slice."""
+    from ..core.export import slice_name
+
     for index, plane in instances.planes():
-        suffix = f"[{','.join(map(str, index))}]" if index else ""
-        coco.add(file_name + suffix, plane)
+        coco.add(slice_name(file_name, index), plane)

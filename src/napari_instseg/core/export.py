@@ -218,6 +218,11 @@ def read_coco(document: dict | str) -> list[CocoImage]:
     return images
 
 
+def slice_name(name: str, index: tuple[int, ...]) -> str:
+    """The name of one 2D slice of a stack in COCO files: ``name[z]``, ``name[t,z]``."""
+    return f"{name}[{','.join(map(str, index))}]" if index else name
+
+
 MEASUREMENT_COLUMNS = [
     "label",
     "class_name",

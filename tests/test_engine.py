@@ -349,7 +349,7 @@ def test_masks_are_pasted_where_their_fractional_box_lies():
     mask = np.zeros((28, 28), np.float32)
     mask[:, :14] = 1
     labels = np.zeros((40, 40), np.int32)
-    painted = paste(labels, mask, np.array([10.3, 4.6, 20.3, 14.6]), 7)
+    painted = paste(labels, mask, np.array([4.6, 10.3, 14.6, 20.3]), 7)  # y_min, x_min, ...
     assert np.flatnonzero(labels[10] == 7).tolist() == [11, 12, 13, 14, 15]
     assert np.flatnonzero(labels[:, 12] == 7).tolist() == list(range(5, 15))
     assert painted == 50
@@ -357,7 +357,7 @@ def test_masks_are_pasted_where_their_fractional_box_lies():
 
 def test_pasting_clips_boxes_at_the_image_edge():
     labels = np.zeros((20, 20), np.int32)
-    box = np.array([-3.5, 15.2, 4.5, 24])
+    box = np.array([15.2, -3.5, 24, 4.5])  # y_min, x_min, y_max, x_max
     painted = paste(labels, np.ones((28, 28), np.float32), box, 1)
     expected = np.zeros_like(labels)
     expected[16:, :5] = 1

@@ -18,8 +18,9 @@ from .types import InstanceResult
 def paste(
     labels: np.ndarray, mask: np.ndarray, box: np.ndarray, label_id: int, threshold: float = 0.5
 ) -> int:
-    """Paint a heads-resolution mask resampled into its box where it is at least
-    ``threshold``; returns pixels painted.
+    """Paint a heads-resolution mask resampled into its box (y_min, x_min,
+    y_max, x_max, fractional) where it is at least ``threshold``; returns
+    pixels painted.
 
     Each pixel is sampled at its exact place in the (fractional) box, where
     the training targets put it: torchvision cuts them from the annotation with
@@ -29,7 +30,7 @@ def paste(
     cost 0.048 AP75 on the gray val images.
     """
     height, width = labels.shape
-    bx0, by0, bx1, by1 = (float(v) for v in box)
+    by0, bx0, by1, bx1 = (float(v) for v in box)
     y0, x0 = max(0, int(np.floor(by0))), max(0, int(np.floor(bx0)))
     y1, x1 = min(height, int(np.ceil(by1)) + 1), min(width, int(np.ceil(bx1)) + 1)
     if y1 <= y0 or x1 <= x0:
@@ -52,7 +53,9 @@ def paste(
 @dataclass(frozen=True)
 class Detections:
     """One 2D slice's detections before they are painted: boxes in slice
-    pixels (x0, y0, x1, y1), scores, class ids and the heads' 28x28 mask
+    pixels (y_min, x_min, y_max, x_max, fractional, as in ``InstanceResult``;
+    torchvision's x0, y0, x1, y1 stay inside the network code), scores,
+    class ids and the heads' 28x28 mask
     probabilities, with the class names of the model that made them.
     Painting is cheap next to the network, so a mask threshold can be chosen
     by painting one set of detections several times."""

@@ -159,8 +159,10 @@ def _detections(
         for det, t in zip(found, batch_tiles):
             scores_all = det["scores"].float().cpu().numpy()
             keep = scores_all >= score_threshold
-            b = det["boxes"].float().cpu().numpy()[keep] + np.array([t.x0, t.y0, t.x0, t.y0])
-            cy, cx = (b[:, 1] + b[:, 3]) / 2, (b[:, 0] + b[:, 2]) / 2
+            # torchvision's x0, y0, x1, y1 in the tile -> y_min, x_min, y_max, x_max in the slice
+            b = det["boxes"].float().cpu().numpy()[keep][:, [1, 0, 3, 2]]
+            b = b + np.array([t.y0, t.x0, t.y0, t.x0])
+            cy, cx = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
             # keep each object only from the tile that owns its centre, where it
             # is most interior; seams are mid-overlap, so it is seen whole there
             owned = (cy >= t.own_y[0]) & (cy < t.own_y[1]) & (cx >= t.own_x[0]) & (cx < t.own_x[1])

@@ -268,3 +268,15 @@ def test_fine_tuning_keeps_batchnorm_statistics(annotated_folders, tiny_unet_pat
     drain(job.trainer.run())
     after = job.trainer.loaded.module.state_dict()
     assert before and all((after[k] == v).all() for k, v in before.items())
+
+
+def test_training_finds_the_channel_axis_from_the_mask():
+    from napari_instseg.core.reading import channel_axis_beside
+    from napari_instseg.core.types import InputError
+
+    assert channel_axis_beside((3, 40, 50), (40, 50)) == 0  # a (C, H, W) TIFF
+    assert channel_axis_beside((40, 50, 3), (40, 50)) == 2
+    assert channel_axis_beside((40, 50, 5), (40, 50)) == 2
+    assert channel_axis_beside((40, 50), (40, 50)) is None
+    with pytest.raises(InputError, match="does not fit a mask"):
+        channel_axis_beside((3, 41, 50), (40, 50))

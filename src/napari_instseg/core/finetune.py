@@ -22,6 +22,7 @@ from .models.architectures import ARCHITECTURES, SEMANTIC
 from .models.info import ModelInfo
 from .models.loading import LoadedModel, build_model, load_model
 from .normalize import as_model_channels
+from .reading import channel_axis_beside
 from .train import Trainer
 from .training_config import TrainConfig
 from .types import InputError
@@ -86,11 +87,10 @@ def annotated(
     annotated_region_only=False,
     semantic=False,
 ) -> AnnotatedImage:
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] not in (1, 3, 4) and image.shape[0] in (1, 3, 4):
-        image = np.moveaxis(image, 0, -1)
-    image = as_model_channels(image[..., None] if image.ndim == 2 else image, info.in_channels)
-    labels = np.asarray(labels)
+    image, labels = np.asarray(image), np.asarray(labels)
+    channel_axis = channel_axis_beside(image.shape, labels.shape)
+    image = image[..., None] if channel_axis is None else np.moveaxis(image, channel_axis, -1)
+    image = as_model_channels(image, info.in_channels)
     if labels.dtype.kind not in "iub":
         raise InputError(f"{name}: masks must hold integer labels, not {labels.dtype}")
     if semantic:

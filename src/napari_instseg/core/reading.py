@@ -104,6 +104,22 @@ def resolve_axes(image, channel_axis: int | None) -> tuple[int | None, tuple[int
     return channel_axis, tuple(spatial_and_stack[:-2])
 
 
+def channel_axis_beside(image_shape, labels_shape) -> int | None:
+    """The channel axis of an annotated image: the one axis its 2D mask lacks
+    (trailing first, as ``resolve_axes`` reads RGB), or None for a 2D image.
+    Prediction cannot tell (3, H, W) channels from a stack of three without
+    ``channel_axis``; with a mask beside the image, training can."""
+    image_shape, labels_shape = tuple(image_shape), tuple(labels_shape)
+    if len(image_shape) == len(labels_shape):
+        return None
+    if len(image_shape) != len(labels_shape) + 1:
+        raise InputError(f"an image of shape {image_shape} does not fit a mask of {labels_shape}")
+    for axis in (len(image_shape) - 1, *range(len(image_shape) - 1)):
+        if image_shape[:axis] + image_shape[axis + 1 :] == labels_shape:
+            return axis
+    raise InputError(f"an image of shape {image_shape} does not fit a mask of {labels_shape}")
+
+
 def check_dtype(image) -> None:
     kind = np.dtype(image.dtype).kind
     if kind not in "biuf":

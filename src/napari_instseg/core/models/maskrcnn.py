@@ -5,6 +5,7 @@ for hundreds of detections per image."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
 
@@ -20,6 +21,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..devices import autocast_for
+
+_CALL_LOCK = threading.Lock()
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -123,27 +126,30 @@ def detect_without_pasting(
     """
     images = [batch[i, :, :h, :w] for i, (h, w) in enumerate(sizes)]
     transform, heads = module.transform, module.roi_heads
-    # training sets its own sizes, and the model its own score floor: restore them
-    saved = transform.min_size, transform.max_size, heads.score_thresh
-    transform.min_size = (min(min(s) for s in sizes),)
-    transform.max_size = max(max(s) for s in sizes)
-    # torchvision keeps scores > its floor, the engine scores >= the threshold
-    floor = np.nextafter(np.float32(score_threshold), np.float32(0))  # scores are float32
-    heads.score_thresh = max(heads.score_thresh, float(floor))
-    try:
-        image_list, _ = transform(images)
-        if any(tuple(s) != tuple(o) for s, o in zip(image_list.image_sizes, sizes)):
-            raise RuntimeError("Mask R-CNN transform resized a tile; tiles must be one size")
-        device = image_list.tensors.device
-        with autocast_for(device):
-            features = module.backbone(image_list.tensors)
-        if device.type != "cuda":
-            # bfloat16 keeps 8 bits of mantissa: box coordinates would be off by
-            # pixels, so the RPN and heads work in float32 (CUDA: float16, as before)
-            features = {k: v.float() for k, v in features.items()}
-        with autocast_for(device) if device.type == "cuda" else nullcontext():
-            proposals, _ = module.rpn(image_list, features)
-            detections, _ = heads(features, proposals, image_list.image_sizes)
-    finally:
-        transform.min_size, transform.max_size, heads.score_thresh = saved
+    # the sizes and score floor below are set on the module for this call: one
+    # call at a time per process (cached models are shared between threads)
+    with _CALL_LOCK:
+        # training sets its own sizes, and the model its own score floor: restore them
+        saved = transform.min_size, transform.max_size, heads.score_thresh
+        transform.min_size = (min(min(s) for s in sizes),)
+        transform.max_size = max(max(s) for s in sizes)
+        # torchvision keeps scores > its floor, the engine scores >= the threshold
+        floor = np.nextafter(np.float32(score_threshold), np.float32(0))  # scores are float32
+        heads.score_thresh = max(heads.score_thresh, float(floor))
+        try:
+            image_list, _ = transform(images)
+            if any(tuple(s) != tuple(o) for s, o in zip(image_list.image_sizes, sizes)):
+                raise RuntimeError("Mask R-CNN transform resized a tile; tiles must be one size")
+            device = image_list.tensors.device
+            with autocast_for(device):
+                features = module.backbone(image_list.tensors)
+            if device.type != "cuda":
+                # bfloat16 keeps 8 bits of mantissa: box coordinates would be off by
+                # pixels, so the RPN and heads work in float32 (CUDA: float16, as before)
+                features = {k: v.float() for k, v in features.items()}
+            with autocast_for(device) if device.type == "cuda" else nullcontext():
+                proposals, _ = module.rpn(image_list, features)
+                detections, _ = heads(features, proposals, image_list.image_sizes)
+        finally:
+            transform.min_size, transform.max_size, heads.score_thresh = saved
     return detections

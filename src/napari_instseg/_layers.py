@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .core.export import object_table
 from .core.models.architectures import SEMANTIC
 from .core.types import InstanceResult, SemanticResult
 
@@ -49,23 +50,13 @@ def geometry_from(
 
 
 def features_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:
-    """Per-instance columns; ``index`` maps label ids to rows in napari."""
-    from scipy import ndimage
-
-    ids = result.label_ids
-    areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
-    table = {
-        "index": ids.astype(np.int64),
-        "label": ids.astype(np.int64),
-        "class_name": np.array(result.instance_class_names, dtype=object),
-        "score": result.scores.astype(float),
-        "area": areas[ids] if len(ids) else np.zeros(0, np.int64),
-    }
-    if intensity is not None and intensity.shape[: result.labels.ndim] == result.labels.shape:
-        gray = intensity if intensity.ndim == result.labels.ndim else intensity.mean(-1)
-        table["mean_intensity"] = (
-            np.asarray(ndimage.mean(gray, result.labels, ids)) if len(ids) else np.zeros(0)
-        )
+    """Per-instance columns (from ``export.object_table``); ``index`` maps
+    label ids to rows in napari."""
+    objects = object_table(result, intensity)
+    table = {"index": objects["label_id"], "label": objects["label_id"]}
+    for column in ("class_name", "score", "area", "mean_intensity"):
+        if column in objects:
+            table[column] = objects[column]
     return table
 
 

@@ -8,9 +8,23 @@ import os
 import sys
 from pathlib import Path
 
+from ..core.export import object_table
 from ..core.files import IMAGE_SUFFIXES, atomic_write
 from ..core.models.architectures import SEMANTIC
 from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
+
+# the columns of OUTDIR/STEM_boxes.csv, cut from core.export.object_table
+BOXES_COLUMNS = [
+    "stack_index",
+    "label_id",
+    "class_id",
+    "class_name",
+    "score",
+    "y_min",
+    "x_min",
+    "y_max",
+    "x_max",
+]
 
 
 def _expand_inputs(paths: list[str]) -> list[Path]:
@@ -54,35 +68,17 @@ def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> Non
             outdir / f"{stem}_semantic.tif",
             lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
         )
-    stack_shape = instances.labels.shape[:-2]
+
+    table = object_table(instances)
+    columns = [c for c in BOXES_COLUMNS if c in table]
 
     def write_csv(path: Path) -> None:
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
-            header = [
-                "label_id",
-                "class_id",
-                "class_name",
-                "score",
-                "y_min",
-                "x_min",
-                "y_max",
-                "x_max",
-            ]
-            writer.writerow((["stack_index"] if stack_shape else []) + header)
-            names = instances.instance_class_names
+            writer.writerow(columns)
             for row in range(len(instances)):
-                lead = [int(instances.stack_index[row])] if stack_shape else []
-                box = [int(v) for v in instances.boxes[row]]
                 writer.writerow(
-                    lead
-                    + [
-                        int(instances.label_ids[row]),
-                        int(instances.class_ids[row]),
-                        names[row],
-                        f"{float(instances.scores[row]):.4f}",
-                        *box,
-                    ]
+                    f"{table[c][row]:.4f}" if c == "score" else table[c][row] for c in columns
                 )
 
     atomic_write(outdir / f"{stem}_boxes.csv", write_csv)

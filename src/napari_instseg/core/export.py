@@ -218,6 +218,36 @@ def read_coco(document: dict | str) -> list[CocoImage]:
     return images
 
 
+def object_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:
+    """One row per object, in columns: the table the CLI's ``_boxes.csv`` and
+    the napari features are cut from. ``stack_index`` leads for stacks;
+    ``mean_intensity`` (of the gray or channel-averaged image) when
+    ``intensity`` has the labels' shape."""
+    from scipy import ndimage
+
+    ids = result.label_ids.astype(np.int64)
+    areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
+    boxes = np.asarray(result.boxes).reshape(-1, 4).astype(np.int64)
+    table = {} if result.stack_index is None else {"stack_index": result.stack_index}
+    table.update(
+        label_id=ids,
+        class_id=result.class_ids.astype(np.int64),
+        class_name=np.array(result.instance_class_names, dtype=object),
+        score=result.scores.astype(float),
+        area=areas[ids] if len(ids) else np.zeros(0, np.int64),
+        y_min=boxes[:, 0],
+        x_min=boxes[:, 1],
+        y_max=boxes[:, 2],
+        x_max=boxes[:, 3],
+    )
+    if intensity is not None and intensity.shape[: result.labels.ndim] == result.labels.shape:
+        gray = intensity if intensity.ndim == result.labels.ndim else intensity.mean(-1)
+        table["mean_intensity"] = (
+            np.asarray(ndimage.mean(gray, result.labels, ids)) if len(ids) else np.zeros(0)
+        )
+    return table
+
+
 def slice_name(name: str, index: tuple[int, ...]) -> str:
     """The name of one 2D slice of a stack in COCO files: ``name[z]``, ``name[t,z]``."""
     return f"{name}[{','.join(map(str, index))}]" if index else name

@@ -166,12 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _diameter(text: str):
-    if text == "auto":
-        return text
+    from .core.diameter import parse_diameter
+    from .core.types import InputError
+
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of pixels or 'auto': {text}") from None
+        return parse_diameter(text)
+    except InputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,15 +107,17 @@ def sizing_controls() -> tuple[LineEdit, CheckBox]:
 
 
 def parse_diameter(text: str) -> float | str | None:
+    """The diameter field's value for the engine; empty means none."""
+    from ..core.diameter import parse_diameter as engine_diameter
+    from ..core.types import InputError
+
     text = (text or "").strip().lower()
     if not text:
         return None
-    if text == "auto":
-        return text
     try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"object diameter {text!r}: give pixels, 'auto' or nothing") from None
+        return engine_diameter(text)
+    except InputError as err:
+        raise UserError(str(err)) from None
 
 
 def data_to_segment(layer, channel_axis: int | None, point=None) -> tuple:

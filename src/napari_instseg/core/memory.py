@@ -104,11 +104,8 @@ def with_memory_fallback(run_slice, loaded, tile_size: int, overlap: int, shape)
 
 
 def _cpu_copy(loaded):
+    """A CPU copy of the module the engine runs (not of the training module
+    beside it too); the model's own tile predictor, if any, comes along."""
     cpu = torch.device("cpu")
-    inference = loaded.inference_module
-    return dataclasses.replace(
-        loaded,
-        module=copy.deepcopy(loaded.module).to(cpu),
-        inference_module=None if inference is None else copy.deepcopy(inference).to(cpu),
-        device=cpu,
-    )
+    module = copy.deepcopy(loaded.predictor).to(cpu)
+    return dataclasses.replace(loaded, module=module, inference_module=None, device=cpu)

@@ -452,3 +452,32 @@ def test_widgets_take_a_diameter_and_test_time_augmentation(
     assert layers[-2].data.shape == image.shape
     assert layers[-2].metadata[TAG]["sizing"]["rescale"] == 0.5
     assert "diameter 24.0 px, rescaled 0.50x" in widget.status.value
+
+
+def test_time_lapse_linked_into_tracks_in_a_real_window(make_napari_viewer):
+    """A layer whose stack axis is labelled t defaults to linking across time:
+    one id per nucleus through the frames, a features row per track and a
+    Tracks layer on the image's geometry."""
+    from napari.layers import Tracks
+
+    from napari_instseg._sample_data import load_sample
+    from napari_instseg._widgets.segment import SemanticSegmentationWidget
+
+    viewer = make_napari_viewer()
+    frame = load_sample("nuclei")[:160, :160]
+    movie = np.stack([np.roll(frame, (k, 2 * k), axis=(0, 1)) for k in range(3)])
+    viewer.add_image(movie, name="movie", axis_labels=("t", "y", "x"), scale=(5.0, 0.5, 0.5))
+    widget = SemanticSegmentationWidget(viewer)
+    assert widget.link.value == "time" and widget.link.enabled
+    layers = widget.run(blocking=True)
+    labels, tracks = layers[1], layers[-1]
+    assert isinstance(tracks, Tracks)
+    np.testing.assert_allclose(tracks.scale, (5.0, 0.5, 0.5))
+    n_tracks = len(np.unique(tracks.data[:, 0]))
+    assert n_tracks == len(labels.features) > 5
+    assert "tracks" in widget.status.value
+    # a nucleus away from the border keeps its id through the three frames
+    centre = labels.features.sort_values("slices").iloc[-1]
+    assert centre["slices"] == 3 and centre["first"] == 0
+    widget.scope.value = "current slice"
+    assert not widget.link.enabled  # one slice has nothing to link

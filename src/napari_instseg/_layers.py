@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .core.export import object_table
+from .core.linking import linked_object_table
 from .core.models.architectures import SEMANTIC
 from .core.types import InstanceResult, SemanticResult
 
@@ -49,12 +50,18 @@ def geometry_from(
     return geometry
 
 
-def features_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:
+def features_table(result: InstanceResult, intensity: np.ndarray | None = None, scale=None) -> dict:
     """Per-instance columns (from ``export.object_table``); ``index`` maps
-    label ids to rows in napari."""
-    objects = object_table(result, intensity)
+    label ids to rows in napari. A linked stack has one row per 3D object or
+    track, with its slice range, volume (also in ``scale``'s units) and centroid."""
+    if "link" in result.metadata:
+        objects = linked_object_table(result, scale, intensity)
+        columns = [c for c in objects if c != "label_id"]
+    else:
+        objects = object_table(result, intensity)
+        columns = ["class_name", "score", "area", "mean_intensity"]
     table = {"index": objects["label_id"], "label": objects["label_id"]}
-    for column in ("class_name", "score", "area", "mean_intensity"):
+    for column in columns:
         if column in objects:
             table[column] = objects[column]
     return table
@@ -65,7 +72,7 @@ def labels_layer(result: InstanceResult, name: str, geometry: dict, intensity=No
         result.labels,
         {
             "name": name,
-            "features": features_table(result, intensity),
+            "features": features_table(result, intensity, geometry.get("scale")),
             "metadata": {TAG: {"kind": "instances", "model": model, "sizing": result.metadata}},
             **geometry,
         },
@@ -142,4 +149,35 @@ def result_layers(task: str, source, result, offset, channel_axis, names: dict) 
     ]
     if task == SEMANTIC:
         tuples.insert(0, classes_layer(result, names["classes"], geometry, model))
+    if instances.tracks is not None and len(instances.tracks):
+        tuples.append(tracks_layer(instances, names["instances"], geometry, model))
     return tuples
+
+
+def tracks_layer(result: InstanceResult, instances_name: str, geometry: dict, model=""):
+    """napari Tracks of a time-linked result: one track per id, through the
+    objects' centroids."""
+    name = instances_name.replace(" instances ", " tracks ", 1)
+    if name == instances_name:
+        name = f"{instances_name} tracks"
+    kwargs = {
+        "name": name,
+        "tail_length": 10,
+        "metadata": {TAG: {"kind": "tracks", "model": model}},
+        **{k: v for k, v in geometry.items() if k in ("scale", "translate")},
+    }
+    return (result.tracks, kwargs, "tracks")
+
+
+def instances_and_boxes(layers: list):
+    """The instances (Labels) and boxes (Shapes) layers among one run's layers."""
+    kinds = [layer.metadata.get(TAG, {}).get("kind") for layer in layers]
+    return layers[kinds.index("instances")], layers[kinds.index("boxes")]
+
+
+def describe_count(labels_layer) -> str:
+    """ "N objects", or "N 3D objects" / "N tracks" for a linked result."""
+    count = len(labels_layer.features)
+    along = labels_layer.metadata.get(TAG, {}).get("sizing", {}).get("link", {}).get("along")
+    noun = {"z": "3D objects", "t": "tracks"}.get(along, "objects")
+    return f"{count} {noun}"

@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="test-time augmentation: average over flips and rotations (about 8x slower)",
     )
+    p.add_argument(
+        "--link",
+        choices=["z", "t"],
+        default=None,
+        help="join a stack's slices: one id per 3D object (z) or per track (t); "
+        "writes STEM_objects.csv, and STEM_tracks.csv for t",
+    )
+    p.add_argument(
+        "--link-threshold",
+        type=float,
+        default=None,
+        help="IoU of two slices' objects that links them (default: 0.15)",
+    )
     p.add_argument("--coco", help="also write all results to this COCO JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -134,3 +134,32 @@ def data_to_segment(layer, channel_axis: int | None, point=None) -> tuple:
     for axis, at in zip(stack_axes, offset):
         index[axis] = slice(at, at + 1)
     return data[tuple(index)], offset
+
+
+# the "Link across" choices and the engine's link option for each
+LINK_CHOICES = {"none": None, "z": "z", "time": "t"}
+_AXIS_NAMES = {"z": ("z", "depth", "plane", "slice"), "time": ("t", "time", "frame")}
+
+
+def link_picker() -> ComboBox:
+    picker = ComboBox(label="Link across", choices=list(LINK_CHOICES), value="none")
+    picker.tooltip = (
+        "Join a stack's slices: one id per 3D object (z) or per track (time), "
+        "with a Tracks layer for time"
+    )
+    return picker
+
+
+def stack_axes(layer, channel_axis: int | None) -> list[int]:
+    """The layer's data axes that are neither spatial nor channels."""
+    ndim = layer.ndim  # an RGB layer's colour axis is not one of its dimensions
+    return [a for a in range(ndim - 2) if a != channel_axis]
+
+
+def default_link(layer, channel_axis: int | None) -> str:
+    """ "z" or "time" when the image's one stack axis is labelled so, else "none"."""
+    axes = stack_axes(layer, channel_axis) if layer is not None else []
+    if len(axes) != 1:
+        return "none"
+    label = str(layer.axis_labels[axes[0]]).lower()
+    return next((choice for choice, names in _AXIS_NAMES.items() if label in names), "none")

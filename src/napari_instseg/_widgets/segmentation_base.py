@@ -33,13 +33,17 @@ from ..core.diameter import describe
 from ..core.models import registry
 from ..core.models.architectures import INSTANCE, SEMANTIC
 from ._common import (
+    LINK_CHOICES,
     UserError,
     data_to_segment,
+    default_link,
     device_picker,
     error_message,
     import_torch,
+    link_picker,
     parse_diameter,
     sizing_controls,
+    stack_axes,
     wrapping_label,
 )
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
@@ -75,6 +79,7 @@ class SegmentationWidget(Container):
         self.device = device_picker(detection=self.task == INSTANCE)
         self.channel_axis = ComboBox(label="Channel axis", choices=self._channel_choices)
         self.scope = ComboBox(label="Stack", choices=[WHOLE_STACK, CURRENT_SLICE])
+        self.link = link_picker()
         self.diameter, self.augment = sizing_controls()
         self.tile_size = SpinBox(label="Tile size (0 = auto)", min=0, max=8192, step=64, value=0)
         self.run_button = PushButton(text="Run")
@@ -91,6 +96,7 @@ class SegmentationWidget(Container):
                 self.augment,
                 self.channel_axis,
                 self.scope,
+                self.link,
                 self.tile_size,
                 self.run_button,
                 self.cancel_button,
@@ -103,6 +109,8 @@ class SegmentationWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.model.changed.connect(self._on_model_changed)
         self.image_layer.changed.connect(self._on_image_changed)
+        self.channel_axis.changed.connect(lambda *_: self._on_stack_changed(new_axes=True))
+        self.scope.changed.connect(lambda *_: self._on_stack_changed())
         registry.on_registry_change(self._on_registry_change)
         self.viewer.layers.events.inserted.connect(self.image_layer.reset_choices)
         self.viewer.layers.events.removed.connect(self.image_layer.reset_choices)
@@ -150,6 +158,20 @@ class SegmentationWidget(Container):
         layer = self.image_layer.value
         spatial = 3 if layer is not None and layer.rgb else 2
         self.scope.enabled = layer is not None and layer.data.ndim > spatial
+        self._on_stack_changed(new_axes=True)
+
+    def _on_stack_changed(self, new_axes: bool = False):
+        """Linking needs the whole stack and one stack axis; its default
+        follows the axis label (z, t)."""
+        layer = self.image_layer.value
+        if layer is None:
+            self.link.enabled = False
+            return
+        channel_axis = self._selected_channel_axis(layer)
+        one_axis = len(stack_axes(layer, channel_axis)) == 1
+        self.link.enabled = one_axis and self.scope.value == WHOLE_STACK
+        if new_axes:
+            self.link.value = default_link(layer, channel_axis)
 
     def _on_registry_change(self):
         current = self.model.value
@@ -225,6 +247,7 @@ class SegmentationWidget(Container):
             "tile_size": self.tile_size.value or None,
             "diameter": parse_diameter(self.diameter.value),
             "augment": self.augment.value,
+            "link": LINK_CHOICES[self.link.value] if self.link.enabled else None,
             **self._engine_kwargs(),
         }
 
@@ -335,13 +358,14 @@ class SegmentationWidget(Container):
         pending = list(tuples)
 
         def finish():
-            link_boxes_and_labels(layers[-2], layers[-1])
-            count = len(layers[-2].features)
+            labels, boxes = _layers.instances_and_boxes(layers)
+            link_boxes_and_labels(labels, boxes)
             note = (
                 "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
             )
-            sizing = describe(layers[-2].metadata.get(_layers.TAG, {}).get("sizing", {}))
-            self._set_status(f"{count} objects found{f' ({sizing})' if sizing else ''}{note}.")
+            sizing = describe(labels.metadata.get(_layers.TAG, {}).get("sizing", {}))
+            found = _layers.describe_count(labels)
+            self._set_status(f"{found} found{f' ({sizing})' if sizing else ''}{note}.")
 
         def step():
             layers.append(self._writer.put(pending.pop(0)))

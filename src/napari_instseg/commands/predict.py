@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..core.export import object_table
 from ..core.files import IMAGE_SUFFIXES, atomic_write
 from ..core.models.architectures import SEMANTIC
@@ -82,6 +84,43 @@ def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> Non
                 )
 
     atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
+    if "link" in instances.metadata:
+        _write_linked(stem, outdir, instances)
+
+
+def _write_linked(stem: str, outdir: Path, instances) -> None:
+    """STEM_objects.csv (one row per 3D object or track) and, for tracks,
+    STEM_tracks.csv in napari's Tracks columns."""
+    from ..core.linking import linked_object_table
+
+    table = linked_object_table(instances)
+    _write_table(outdir / f"{stem}_objects.csv", table)
+    if instances.tracks is not None:
+        tracks = instances.tracks
+        columns = {
+            "track_id": tracks[:, 0].astype(np.int64),
+            "t": tracks[:, 1].astype(np.int64),
+            "y": tracks[:, 2],
+            "x": tracks[:, 3],
+        }
+        _write_table(outdir / f"{stem}_tracks.csv", columns)
+
+
+def _write_table(path: Path, table: dict) -> None:
+    columns = list(table)
+
+    def write(target: Path) -> None:
+        with target.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in range(len(table[columns[0]])):
+                writer.writerow(_cell(table[c][row]) for c in columns)
+
+    atomic_write(path, write)
+
+
+def _cell(value):
+    return f"{value:.3f}" if isinstance(value, (float, np.floating)) else value
 
 
 def cmd_predict(args) -> int:
@@ -123,6 +162,8 @@ def cmd_predict(args) -> int:
                 channel_axis=args.channel_axis,
                 diameter=args.diameter,
                 augment=args.augment,
+                link=args.link,
+                link_threshold=args.link_threshold,
             )
             with tqdm(total=0, desc=path.name, unit="tile", leave=False, disable=not show) as bar:
 
@@ -150,8 +191,12 @@ def cmd_predict(args) -> int:
             if coco is not None:
                 _add_to_coco(coco, path.name, instances)
             sizing = describe(instances.metadata)
-            if args.verbose or sizing:
+            linked = instances.metadata.get("link")
+            if args.verbose or sizing or linked:
                 note = f" ({sizing})" if sizing else ""
+                if linked:
+                    kind = "tracks" if linked["along"] == "t" else "3D objects"
+                    note += f", linked into {linked['objects']} {kind}"
                 print(f"{path}: {len(instances)} objects{note}", file=sys.stderr)
         except (
             InputError,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .linking import row_measurements
 from .types import InstanceResult
 
 
@@ -226,7 +227,11 @@ def object_table(result: InstanceResult, intensity: np.ndarray | None = None) ->
     from scipy import ndimage
 
     ids = result.label_ids.astype(np.int64)
-    areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
+    if result.stack_index is None:
+        areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
+        areas = areas[ids] if len(ids) else np.zeros(0, np.int64)
+    else:  # per slice: a linked object has one row per slice under one id
+        areas = row_measurements(result)[0]
     boxes = np.asarray(result.boxes).reshape(-1, 4).astype(np.int64)
     table = {} if result.stack_index is None else {"stack_index": result.stack_index}
     table.update(
@@ -234,7 +239,7 @@ def object_table(result: InstanceResult, intensity: np.ndarray | None = None) ->
         class_id=result.class_ids.astype(np.int64),
         class_name=np.array(result.instance_class_names, dtype=object),
         score=result.scores.astype(float),
-        area=areas[ids] if len(ids) else np.zeros(0, np.int64),
+        area=areas,
         y_min=boxes[:, 0],
         x_min=boxes[:, 1],
         y_max=boxes[:, 2],

@@ -18,6 +18,7 @@ from .augmentation import augmented_detections
 from .detections import Detections
 from .devices import configure_cpu_threads
 from .diameter import SlicePlan
+from .linking import check_link, link_stack
 from .memory import TileCounter, with_memory_fallback
 from .models.architectures import INSTANCE
 from .models.loading import LoadedModel, load_model
@@ -48,6 +49,8 @@ def iter_segment_instances(
     augment: bool = False,
     score_threshold: float | None = None,
     mask_threshold: float | None = None,
+    link: str | None = None,
+    link_threshold: float | None = None,
 ) -> Generator[Progress, None, InstanceResult]:
     """Generator form of ``segment_instances`` (options: ``core.options``)."""
     loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
@@ -56,6 +59,7 @@ def iter_segment_instances(
     )
     sizing = SlicePlan(loaded, diameter, rescale)
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    link = check_link(link, stack_shape)
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
     results, spatial = [], None
@@ -75,6 +79,8 @@ def iter_segment_instances(
         results.append((yield from sizing.passes(run, lambda result: result.labels)))
     result = stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
     result.metadata.update(sizing.report(stack_shape))
+    if link:
+        result = link_stack(result, link, threshold=link_threshold, copy=False)
     return result
 
 

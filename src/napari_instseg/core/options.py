@@ -19,6 +19,13 @@ Options shared by ``segment_semantic`` and ``segment_instances`` (keyword only):
 - ``augment``: test-time augmentation: average the network's output over the
   8 flips and 90 degree rotations of each tile (about 8x the network time).
 
+- ``link``: None, "z" or "t": after slice-by-slice segmentation of a stack
+  with one stack axis, join overlapping instances of adjacent slices into 3D
+  objects ("z") or tracks ("t"), one id each (``core.linking``).
+  ``link_threshold`` is the IoU that links two slices' objects (default
+  ``linking.IOU_THRESHOLD``, 0.15); "t" also links centroids within half a
+  diameter; both bridge one slice or frame where an object was missed.
+
 Semantic only: ``min_size`` (smallest object in pixels, default the model's,
 else ``MIN_SIZE``) and ``return_probabilities`` (default: kept up to
 ``MAX_PROBABILITY_PIXELS`` per call). Instance only: ``score_threshold`` and

@@ -127,7 +127,9 @@ def resize_instances(result: InstanceResult, shape: tuple[int, int]) -> Instance
 def stack_instances(
     results: list[InstanceResult], stack_shape, spatial, class_names
 ) -> InstanceResult:
-    """Combine per-slice results into one stack result; ids stay unique across slices."""
+    """Combine per-slice results into one stack result; ids stay unique across
+    slices. Consumes ``results``: each slice is let go once copied, so a long
+    stack is not held twice."""
     if not stack_shape:
         return results[0]
     total = sum(len(r) for r in results)
@@ -135,7 +137,8 @@ def stack_instances(
     labels = np.zeros((len(results), *spatial), dtype)
     offset = 0
     label_ids, boxes, scores, class_ids, stack_index = [], [], [], [], []
-    for i, r in enumerate(results):
+    for i in range(len(results)):
+        r, results[i] = results[i], None
         slice_labels = r.labels.astype(dtype)
         slice_labels[slice_labels > 0] += dtype.type(offset)
         labels[i] = slice_labels

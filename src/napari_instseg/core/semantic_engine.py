@@ -18,6 +18,7 @@ from . import options
 from .augmentation import augmented_probabilities
 from .devices import configure_cpu_threads
 from .diameter import SlicePlan
+from .linking import check_link, link_stack
 from .memory import TileCounter, with_memory_fallback
 from .models.architectures import SEMANTIC
 from .models.loading import LoadedModel, load_model
@@ -61,6 +62,8 @@ def iter_segment_semantic(
     augment: bool = False,
     min_size: int | None = None,
     return_probabilities: bool | None = None,
+    link: str | None = None,
+    link_threshold: float | None = None,
 ) -> Generator[Progress, None, SemanticResult]:
     """Generator form of ``segment_semantic`` (options: ``core.options``)."""
     loaded = load_model(model, device)
@@ -68,6 +71,7 @@ def iter_segment_semantic(
     check_dtype(image)
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    link = check_link(link, stack_shape)
     tile_size, overlap = options.tiling(SEMANTIC, tile_size, overlap, loaded.info.tile_size)
     sizing = SlicePlan(loaded, diameter, rescale)
     post = loaded.info.postprocess
@@ -100,6 +104,8 @@ def iter_segment_semantic(
         outputs.append(output)
     result = _assemble(outputs, stack_shape, spatial, loaded)
     result.instances.metadata.update(sizing.report(stack_shape))
+    if link:
+        result.instances = link_stack(result.instances, link, threshold=link_threshold, copy=False)
     return result
 
 
@@ -231,7 +237,7 @@ def _assemble(outputs, stack_shape, spatial, loaded) -> SemanticResult:
     instance_class = loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
     class_names = ["background", instance_class]
     results = []
-    for _, interior_probability, _, labels, _ in outputs:
+    for i, (classes, interior_probability, probs, labels, _) in enumerate(outputs):
         n = int(labels.max()) if labels.size else 0
         scores = (
             ndimage.mean(interior_probability, labels, np.arange(1, n + 1)) / 255.0
@@ -239,6 +245,7 @@ def _assemble(outputs, stack_shape, spatial, loaded) -> SemanticResult:
             else np.zeros(0)
         )
         results.append(instance_result_from_labels(labels, class_names, scores=scores))
+        outputs[i] = (classes, None, probs, None, None)  # a long stack is not held twice
     instances = stack_instances(results, stack_shape, spatial, class_names)
     classes = np.stack([o[0] for o in outputs]).reshape(*stack_shape, *spatial)
     probs = None

@@ -191,3 +191,21 @@ def test_cli_link_writes_objects_and_tracks(tmp_path, tiny_unet_path):
     with open(out / "movie_objects.csv") as f:
         header = next(csv.reader(f))
     assert {"label_id", "first", "last", "volume", "centroid_y"} <= set(header)
+
+
+def test_linking_a_long_movie_streams_without_copying_it():
+    """In place (as the engine links), a 400-frame movie's linking holds a
+    few frames of intermediate data beyond its labels (100 int64 frames'
+    worth), whatever its length."""
+    import tracemalloc
+
+    frame = _discs((128, 128), [(30, 30), (60, 90), (100, 40)], [8, 10, 6]).astype(np.uint16)
+    shifts = [abs(k % 40 - 20) for k in range(400)]  # back and forth, 1 px per frame
+    movie = _stack([np.roll(frame, shift, axis=1) for shift in shifts])
+    frame_bytes = frame.size * 8  # an int64 frame: the largest per-frame array used
+    tracemalloc.start()
+    linked = link_stack(movie, "t", copy=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert linked.metadata["link"]["objects"] == 3
+    assert peak < 10 * frame_bytes, f"peak {peak / frame_bytes:.1f} frames"

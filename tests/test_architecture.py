@@ -113,5 +113,6 @@ def test_manifest_validates():
         "Semantic segmentation (U-Net)",
         "Evaluate segmentation",
         "Train model",
+        "Curate labels",
     }
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei", "nuclei-histology"}

@@ -349,9 +349,27 @@ def test_painting_on_a_result_protects_it(make_napari_viewer, tiny_unet_path):
     widget = _semantic_widget(viewer, tiny_unet_path)
     _, labels, boxes = widget.run(blocking=True)
     labels.paint((10, 10), 42)  # the brush tool's code path
+    assert 42 in boxes.features["label_id"].to_numpy()  # the linked boxes followed
     _, labels_again, boxes_again = widget.run(blocking=True)
     assert labels_again is not labels and labels.data[10, 10] == 42
-    assert boxes_again is boxes  # the untouched boxes layer is simply updated
+    assert boxes_again is not boxes and 42 in boxes.features["label_id"].to_numpy()
+
+
+def test_an_untouched_result_is_updated_in_place_without_resegmenting(make_napari_viewer):
+    from napari_instseg._sample_data import load_sample
+    from napari_instseg._widgets.linked_layers import link_of
+    from napari_instseg._widgets.segment import SemanticSegmentationWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(load_sample("nuclei")[:128, :128], name="img")
+    widget = SemanticSegmentationWidget(viewer)
+    _, labels, boxes = widget.run(blocking=True)
+    assert len(boxes.data)  # boxes that a re-run rewrites
+    calls = []
+    link_of(labels).segment = lambda *a: calls.append(a)
+    _, labels_again, boxes_again = widget.run(blocking=True)
+    assert labels_again is labels and boxes_again is boxes
+    assert calls == [] and link_of(labels) is not None
 
 
 def test_loading_a_checkpoint_of_the_other_task_explains(make_napari_viewer, tiny_unet_path):

@@ -46,6 +46,7 @@ from ._common import (
     stack_axes,
     wrapping_label,
 )
+from .linked_layers import link_result, unlink_layer
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
 
 if TYPE_CHECKING:
@@ -283,7 +284,9 @@ class SegmentationWidget(Container):
                 self._show_error(error_message(err))
                 raise
             tuples = self._layer_tuples(layer, result, offset, channel_axis, names)
-            return self._put_layers(tuples, layer, incremental=False)
+            return self._put_layers(
+                tuples, layer, (channel_axis, offset, kwargs), incremental=False
+            )
         from napari.qt.threading import create_worker
 
         def work():
@@ -294,7 +297,10 @@ class SegmentationWidget(Container):
 
         worker = create_worker(work, _start_thread=False)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda tuples: self._put_layers(tuples, layer, incremental=True))
+        run = (channel_axis, offset, kwargs)
+        worker.returned.connect(
+            lambda tuples: self._put_layers(tuples, layer, run, incremental=True)
+        )
         worker.errored.connect(lambda err: self._show_error(error_message(err)))
         worker.aborted.connect(lambda: self._set_status("Cancelled; no layer was changed."))
         worker.finished.connect(self._on_finished)
@@ -351,15 +357,19 @@ class SegmentationWidget(Container):
         """Layer data tuples of a result (Qt-free, so the worker thread builds them)."""
         return _layers.result_layers(self.task, source, result, offset, channel_axis, names)
 
-    def _put_layers(self, tuples, source, incremental: bool) -> list:
+    def _put_layers(self, tuples, source, run: tuple, incremental: bool) -> list:
         """Add or update the result layers. ``incremental`` adds one layer per
-        turn of the event loop, so napari never stalls for all of them at once."""
+        turn of the event loop, so napari never stalls for all of them at once.
+        ``run`` is (channel axis, stack offset, options) of the run, with which
+        boxes drawn later are segmented (``linked_layers``)."""
         layers: list = []
         pending = list(tuples)
 
         def finish():
             labels, boxes = _layers.instances_and_boxes(layers)
             link_boxes_and_labels(labels, boxes)
+            if labels.data.ndim == boxes.ndim:  # boxes and labels edit together
+                link_result(self.viewer, labels, boxes, source, *run, self._set_status)
             note = (
                 "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
             )
@@ -368,6 +378,9 @@ class SegmentationWidget(Container):
             self._set_status(f"{found} found{f' ({sizing})' if sizing else ''}{note}.")
 
         def step():
+            name = pending[0][1]["name"]
+            if name in self.viewer.layers:  # about to be updated: not an edit to follow
+                unlink_layer(self.viewer.layers[name])
             layers.append(self._writer.put(pending.pop(0)))
             if not pending:
                 finish()

@@ -149,7 +149,11 @@ class NormalisedSlice:
         return self.reader.shape
 
     def tile(self, tile: Tile) -> np.ndarray:
-        raw = self.reader.read(slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
+        return self.window(slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
+
+    def window(self, ys: slice, xs: slice) -> np.ndarray:
+        """A normalised (H, W, C) float32 window with the model's channels."""
+        raw = self.reader.read(ys, xs)
         return apply_range(as_model_channels(raw, self.in_channels), self.lows, self.highs)
 
     def batches(self, tiles: list[Tile], device: torch.device):

@@ -153,3 +153,38 @@ def detect_without_pasting(
         finally:
             transform.min_size, transform.max_size, heads.score_thresh = saved
     return detections
+
+
+def masks_in_boxes(module: MaskRCNN, image: torch.Tensor, boxes: torch.Tensor) -> dict:
+    """Mask R-CNN's second stage on boxes the user drew, instead of proposals.
+
+    ``image`` is one normalised (C, H, W) window and ``boxes`` its (N, 4)
+    ``x0, y0, x1, y1`` boxes in window pixels. Each box goes through the box
+    head (its best foreground class, score and refined box) and then the mask
+    head on the refined box: the boxes, scores, labels and 28x28 mask
+    probabilities of the N objects, with no score floor and no NMS.
+    """
+    transform, heads = module.transform, module.roi_heads
+    size = tuple(image.shape[-2:])
+    with _CALL_LOCK, torch.inference_mode():
+        saved = transform.min_size, transform.max_size
+        transform.min_size, transform.max_size = (min(size),), max(size)
+        try:
+            image_list, _ = transform([image])
+            features = module.backbone(image_list.tensors)
+            features = {k: v.float() for k, v in features.items()}
+            sizes = image_list.image_sizes
+            pooled = heads.box_head(heads.box_roi_pool(features, [boxes], sizes))
+            class_logits, regression = heads.box_predictor(pooled)
+            scores = torch.softmax(class_logits, -1)
+            labels = scores[:, 1:].argmax(1) + 1
+            rows = torch.arange(len(boxes), device=boxes.device)
+            refined = heads.box_coder.decode(regression, [boxes]).reshape(len(boxes), -1, 4)
+            refined = refined[rows, labels].clone()
+            refined[:, 0::2] = refined[:, 0::2].clamp(0, size[1])
+            refined[:, 1::2] = refined[:, 1::2].clamp(0, size[0])
+            mask_features = heads.mask_head(heads.mask_roi_pool(features, [refined], sizes))
+            masks = torch.sigmoid(heads.mask_predictor(mask_features)[rows, labels])
+        finally:
+            transform.min_size, transform.max_size = saved
+    return {"boxes": refined, "scores": scores[rows, labels], "labels": labels, "masks": masks}

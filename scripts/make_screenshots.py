@@ -1,6 +1,7 @@
 """Screenshots of the real napari window for the README and docs/usage.md.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py [--out docs/images]
+        [--only demo semantic evaluate train editing]
 
 Uses the bundled models (run after installing the weights).
 """
@@ -24,14 +25,12 @@ def settle(app, n=20):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    parser.add_argument("--only", nargs="+", default=list(SHOTS), choices=list(SHOTS))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     import napari
     from qtpy.QtWidgets import QApplication
-
-    from napari_instseg._sample_data import load_sample
-    from napari_instseg.demo import demo_model
 
     app = QApplication.instance() or QApplication(sys.argv)
 
@@ -40,7 +39,28 @@ def main(argv=None) -> int:
         viewer.window.resize(1500, 900)
         return viewer
 
-    # 1. the demo: nuclei sample, both widgets, a segmentation
+    widget_name = ""
+    if "demo" in args.only:
+        widget_name = demo(new_viewer, app, args.out)
+    if "semantic" in args.only:
+        semantic_histology(new_viewer, app, args.out)
+    if "evaluate" in args.only:
+        evaluation(new_viewer, app, args.out)
+    if "train" in args.only:
+        training(new_viewer, app, args.out)
+    if "editing" in args.only:
+        box_editing(new_viewer, app, args.out)
+    print(f"screenshots in {args.out}: {', '.join(args.only)} {widget_name}")
+    return 0
+
+
+SHOTS = ("demo", "semantic", "evaluate", "train", "editing")
+
+
+def demo(new_viewer, app, out):
+    """The demo: nuclei sample, both widgets, a segmentation."""
+    from napari_instseg.demo import demo_model
+
     viewer = new_viewer()
     viewer.open_sample("napari-instseg", "nuclei")
     _, instance = viewer.window.add_plugin_dock_widget(
@@ -56,10 +76,13 @@ def main(argv=None) -> int:
         if layer.name.startswith("nuclei classes"):
             layer.visible = False
     settle(app)
-    viewer.screenshot(str(args.out / "demo.png"), canvas_only=False)
+    viewer.screenshot(str(out / "demo.png"), canvas_only=False)
     viewer.close()
+    return widget_name
 
-    # 2. histology with the U-Net's class map
+
+def semantic_histology(new_viewer, app, out):
+    """Histology with the U-Net's class map."""
     viewer = new_viewer()
     viewer.open_sample("napari-instseg", "nuclei-histology")
     _, semantic = viewer.window.add_plugin_dock_widget(
@@ -69,10 +92,14 @@ def main(argv=None) -> int:
     instances.visible = False
     classes.opacity = 0.5
     settle(app)
-    viewer.screenshot(str(args.out / "semantic-histology.png"), canvas_only=False)
+    viewer.screenshot(str(out / "semantic-histology.png"), canvas_only=False)
     viewer.close()
 
-    # 3. evaluation against the sample's ground truth
+
+def evaluation(new_viewer, app, out):
+    """Evaluation against the sample's ground truth."""
+    from napari_instseg._sample_data import load_sample
+
     viewer = new_viewer()
     image, truth = load_sample("nuclei", with_labels=True)
     viewer.add_image(image, name="nuclei", colormap="gray", contrast_limits=(0, 80))
@@ -89,10 +116,14 @@ def main(argv=None) -> int:
     predicted.visible = False
     evaluate.evaluate()
     settle(app)
-    viewer.screenshot(str(args.out / "evaluate.png"), canvas_only=False)
+    viewer.screenshot(str(out / "evaluate.png"), canvas_only=False)
     viewer.close()
 
-    # 4. fine-tuning on corrected labels (a short run on both samples)
+
+def training(new_viewer, app, out):
+    """Fine-tuning on corrected labels (a short run on both samples)."""
+    from napari_instseg._sample_data import load_sample
+
     viewer = new_viewer()
     for key in ("nuclei", "nuclei-histology"):
         image, truth = load_sample(key, with_labels=True)
@@ -106,10 +137,40 @@ def main(argv=None) -> int:
     train.output.value = str(Path(tempfile.mkdtemp()) / "my-nuclei.safetensors")
     train.train(blocking=True)
     settle(app)
-    viewer.screenshot(str(args.out / "train.png"), canvas_only=False)
+    viewer.screenshot(str(out / "train.png"), canvas_only=False)
     viewer.close()
-    print(f"screenshots in {args.out}: demo with {widget_name}")
-    return 0
+
+
+def box_editing(new_viewer, app, out):
+    """Boxes and labels edited together, and the Curate labels widget."""
+    import numpy as np
+
+    from napari_instseg._widgets.linked_layers import link_of
+
+    viewer = new_viewer()
+    viewer.open_sample("napari-instseg", "nuclei")
+    _, instance = viewer.window.add_plugin_dock_widget(
+        "napari-instseg", "Instance segmentation (Mask R-CNN)"
+    )
+    _, tools = viewer.window.add_plugin_dock_widget("napari-instseg", "Curate labels")
+    labels, boxes = instance.run(blocking=True)
+    link = link_of(labels)
+    # a missed nucleus: delete two boxes and draw one of them again by hand
+    corners = np.array([np.asarray(boxes.data[12]).min(0), np.asarray(boxes.data[12]).max(0)])
+    boxes.selected_data = {12, 13}
+    boxes.remove_selected()
+    boxes.add_rectangles(corners)
+    while link.pending:
+        settle(app, 1)
+    boxes.selected_data = {len(boxes.data) - 1}
+    boxes.mode = "select"
+    centre = corners.mean(0)
+    viewer.camera.center = tuple(centre)
+    viewer.camera.zoom = 4
+    tools.labels_layer.value = labels
+    settle(app)
+    viewer.screenshot(str(out / "box-editing.png"), canvas_only=False)
+    viewer.close()
 
 
 if __name__ == "__main__":

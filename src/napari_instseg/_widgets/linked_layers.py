@@ -98,7 +98,7 @@ class LinkedResultLayers:
             self._rows = len(self.boxes.data)
             for plane, label_id in removed:
                 self._erase(plane, label_id)
-            self._drop_features([label_id for _, label_id in removed])
+            self._forget([label_id for _, label_id in removed])
         elif action.endswith("added"):
             new_rows = list(range(self._rows, len(self.boxes.data)))
             self._rows = len(self.boxes.data)
@@ -176,7 +176,7 @@ class LinkedResultLayers:
             self._write_box_features((plane, label_id), features)
         if empty:
             self._remove_boxes(empty)
-            self._drop_features([label_id for _, label_id in empty])
+            self._forget([label_id for _, label_id in empty])
             noun = "box" if len(empty) == 1 else "boxes"
             self.message(f"No object found in {len(empty)} {noun}; removed.")
         self.resync([(plane, label_id) for plane, label_id, _ in results])
@@ -303,12 +303,22 @@ class LinkedResultLayers:
                 known.append(int(np.nanmax(table[column].to_numpy(float))))
         return max(known) + 1
 
+    def _forget(self, ids) -> None:
+        """Features of objects edited away: dropped where an id is gone from
+        every slice, updated where a linked object lives on in others."""
+        present = {int(i) for i in np.unique(self.labels.data)}
+        self._drop_features([i for i in ids if i not in present])
+        for label_id in sorted({int(i) for i in ids} & present):
+            self._write_features(label_id, {})
+
     def _drop_features(self, ids) -> None:
         self.labels.features = drop_feature_rows(self.labels.features, ids)
 
     def _write_features(self, label_id: int, values: dict) -> None:
         mask = self.labels.data == label_id
-        values = {"area": int(mask.sum()), **values}
+        # a linked stack's table counts voxels over the stack as "volume"
+        size = "volume" if "volume" in self.labels.features else "area"
+        values = {size: int(mask.sum()), **values}
         if self.intensity is not None:
             image = self.intensity()
             if image is not None and image.shape[: mask.ndim] == mask.shape:

@@ -78,7 +78,7 @@ def measure(name: str, n_boxes: int, app, handler_seconds: list) -> str:
     from qtpy.QtCore import QTimer
 
     from napari_instseg._sample_data import load_sample
-    from napari_instseg._widgets.linked_layers import link_of
+    from napari_instseg._widgets.result_links import link_of
     from napari_instseg._widgets.segment import (
         InstanceSegmentationWidget,
         SemanticSegmentationWidget,

@@ -145,7 +145,7 @@ def box_editing(new_viewer, app, out):
     """Boxes and labels edited together, and the Curate labels widget."""
     import numpy as np
 
-    from napari_instseg._widgets.linked_layers import link_of
+    from napari_instseg._widgets.result_links import link_of
 
     viewer = new_viewer()
     viewer.open_sample("napari-instseg", "nuclei")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from napari_instseg._sample_data import load_sample
-from napari_instseg._widgets.linked_layers import link_of
+from napari_instseg._widgets.result_links import link_of
 
 pytestmark = pytest.mark.gui
 

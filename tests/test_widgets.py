@@ -357,7 +357,7 @@ def test_painting_on_a_result_protects_it(make_napari_viewer, tiny_unet_path):
 
 def test_an_untouched_result_is_updated_in_place_without_resegmenting(make_napari_viewer):
     from napari_instseg._sample_data import load_sample
-    from napari_instseg._widgets.linked_layers import link_of
+    from napari_instseg._widgets.result_links import link_of
     from napari_instseg._widgets.segment import SemanticSegmentationWidget
 
     viewer = make_napari_viewer()

@@ -14,9 +14,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
 from ..core import curation
 from ..core.types import InputError
-from . import linked_layers
+from . import result_links
 from ._common import wrapping_label
-from .linked_layers import link_of
+from .result_links import link_of
 
 SPLIT_POINTS = "split points"
 
@@ -177,7 +177,7 @@ class CurationWidget(Container):
         layer = self.labels_layer.value
         link = link_of(layer) if layer is not None else None
         if link is None and layer is not None:
-            link = linked_layers.any_link_of(layer)
+            link = result_links.any_link_of(layer)
         if link is not None:
             link.relink() if value else link.unlink()
 

@@ -46,8 +46,8 @@ from ._common import (
     stack_axes,
     wrapping_label,
 )
-from .linked_layers import link_result, unlink_layer
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
+from .result_links import link_result, unlink_layer
 
 if TYPE_CHECKING:
     import napari

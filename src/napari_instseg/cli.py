@@ -11,6 +11,7 @@ import sys
 
 from .commands import EXIT_FAILED, EXIT_OK, CommandError, report_error
 from .commands.evaluate import cmd_evaluate
+from .commands.export import cmd_export_bioimageio
 from .commands.predict import cmd_predict
 from .commands.train import cmd_train
 from .core.models.architectures import ARCHITECTURES
@@ -63,7 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment image files, writing labels and boxes")
     p.add_argument("inputs", nargs="+", help="image files (TIFF, PNG, JPEG) or folders")
-    p.add_argument("--model", default="nuclei-unet", help="model name or .safetensors path")
+    p.add_argument(
+        "--model",
+        default="nuclei-unet",
+        help="model name, .safetensors checkpoint or bioimage.io package (.zip or folder)",
+    )
+    p.add_argument(
+        "--trust-package",
+        action="store_true",
+        help="let a bioimage.io package's own architecture code run (only for packages you trust)",
+    )
     p.add_argument("-o", "--outdir", default=".", help="output folder (default: .)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--tile-size", type=int, default=None)
@@ -170,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", default="0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "export-bioimageio", help="write a U-Net as a bioimage.io model package (.zip)"
+    )
+    p.add_argument("model", help="model name or .safetensors checkpoint")
+    p.add_argument("-o", "--output", required=True, help="package to write (.zip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package")
+    p.set_defaults(func=cmd_export_bioimageio)
 
     p = sub.add_parser("demo", help="open napari with the nuclei sample, the widgets and a result")
     p.add_argument("--model", default=None, help="model to run (default: the bundled ones)")

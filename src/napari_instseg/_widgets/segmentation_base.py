@@ -52,7 +52,7 @@ from .result_links import link_result, unlink_layer
 if TYPE_CHECKING:
     import napari
 
-LOAD_CHECKPOINT = "Load checkpoint…"
+LOAD_CHECKPOINT = "Load checkpoint or package…"
 AUTO_CHANNELS = "auto (RGB: last axis)"
 WHOLE_STACK, CURRENT_SLICE = "whole stack", "current slice"
 _DEFAULT_MODEL = {INSTANCE: "nuclei-maskrcnn", SEMANTIC: "nuclei-unet"}
@@ -67,6 +67,7 @@ class SegmentationWidget(Container):
         self._worker = None
         self._activity = None  # napari progress shown while a worker runs
         self._writer = ResultLayerWriter(napari_viewer)
+        self.packages: dict[str, str] = {}  # bioimage.io packages opened: path -> label
         # napari's layer features need pandas. Imported first by the worker, its
         # C extensions hold the interpreter's lock, freezing the UI for ~0.2 s.
         import pandas  # noqa: F401
@@ -140,7 +141,8 @@ class SegmentationWidget(Container):
             (name if available else f"{name} (weights not installed)", name)
             for name, available in registry.models_for_task(self.task)
         ]
-        return [*choices, (LOAD_CHECKPOINT, LOAD_CHECKPOINT)]
+        packages = [(label, path) for path, label in self.packages.items()]
+        return [*choices, *packages, (LOAD_CHECKPOINT, LOAD_CHECKPOINT)]
 
     def _image_layers(self, _widget) -> list:
         from napari.layers import Image
@@ -185,12 +187,9 @@ class SegmentationWidget(Container):
             if value is not None:
                 self._show_model_defaults(registry.stored_postprocess(value))
             return
-        from qtpy.QtWidgets import QFileDialog
+        from .packages import choose_model_file
 
-        path, _ = QFileDialog.getOpenFileName(
-            self.native, "Load a napari-instseg checkpoint", "", "Checkpoints (*.safetensors)"
-        )
-        self.load_checkpoint(path) if path else self.model.reset_choices()
+        choose_model_file(self)
 
     def _show_model_defaults(self, postprocess: dict) -> None:
         """Set task controls to the settings stored with the chosen model."""

@@ -137,6 +137,10 @@ def cmd_predict(args) -> int:
         outdir.mkdir(parents=True, exist_ok=True)
         if not os.access(outdir, os.W_OK):
             raise CommandError(f"{outdir}: output folder is not writable")
+        if getattr(args, "trust_package", False):
+            from ..core.bioimageio_import import trust_package
+
+            trust_package(args.model)
         loaded = load_model(args.model, args.device)
     except ModelError as err:
         raise CommandError(str(err)) from None

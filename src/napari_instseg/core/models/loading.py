@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..bioimageio_import import is_package
 from ..types import ModelError
 from . import checkpoint
 from .architectures import architecture
@@ -91,12 +92,13 @@ def load_model(model, device: str | torch.device = "auto") -> LoadedModel:
             model.device = target
         return model
     weights, source = _weights_and_source(model)
-    key = (str(model), id(registered(model)), *_file_identity(source), str(target))
+    identity = _file_identity(model if source is _PACKAGE else source)
+    key = (str(model), id(registered(model)), *identity, str(target))
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    loaded = _load(*weights(), target)
+    loaded = _load_package(model, target) if source is _PACKAGE else _load(*weights(), target)
     with _cache_lock:
         _cache[key] = loaded
         while len(_cache) > CACHED_MODELS:
@@ -114,12 +116,29 @@ def _weights_and_source(model):
     entry = registered(model) if isinstance(model, (str, os.PathLike)) else None
     if entry is not None:
         return entry.weights, entry.source() if entry.source else None
+    if isinstance(model, (str, os.PathLike)) and is_package(model):
+        return None, _PACKAGE
     if isinstance(model, (str, os.PathLike)) and (
         Path(model).suffix or os.sep in str(model) or Path(model).exists()
     ):
         return (lambda: checkpoint.load_checkpoint(model)), Path(model)
     known = ", ".join(registered_models()) or "none"
     raise ModelError(f"unknown model {model!r}; known models: {known}")
+
+
+_PACKAGE = object()  # _weights_and_source's "source" for a bioimage.io package
+
+
+def _load_package(path, target) -> LoadedModel:
+    """One of our packages rebuilt by our code, or someone else's model."""
+    from ..bioimageio_import import describe, load_foreign, ours, state_and_metadata
+
+    if not Path(path).exists():
+        raise ModelError(f"{path}: no such bioimage.io package")
+    descr = describe(path)
+    if ours(descr) is not None:
+        return _load(*state_and_metadata(path), target)
+    return load_foreign(path, descr, target)
 
 
 def _file_identity(path) -> tuple:

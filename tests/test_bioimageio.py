@@ -12,7 +12,6 @@ import yaml
 pytest.importorskip("bioimageio.core")
 
 from napari_instseg._sample_data import load_sample  # noqa: E402
-from napari_instseg.core.bioimageio_import import trust_package  # noqa: E402
 from napari_instseg.core.models.loading import clear_model_cache, load_model  # noqa: E402
 from napari_instseg.core.predict import segment_semantic  # noqa: E402
 from napari_instseg.core.types import ModelError  # noqa: E402
@@ -127,9 +126,9 @@ def test_foreign_architecture_code_runs_only_when_trusted(package, tmp_path):
     clear_model_cache()
     with pytest.raises(ModelError, match="trust the package"):
         load_model(str(foreign))
-    trust_package(foreign)
+    loaded = load_model(str(foreign), trust_package=True)
     image = load_sample("nuclei")[:160, :160]
-    result = segment_semantic(image, str(foreign)).instances
+    result = segment_semantic(image, loaded).instances
     reference = segment_semantic(image, "nuclei-unet").instances
     assert abs(len(result) - len(reference)) <= 2 and len(result) > 5
 

@@ -75,13 +75,23 @@ _cache: OrderedDict[tuple, LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def load_model(model, device: str | torch.device = "auto") -> LoadedModel:
-    """A ``LoadedModel`` from a registered name, a checkpoint path or a LoadedModel.
+def load_model(
+    model, device: str | torch.device = "auto", *, trust_package: bool = False
+) -> LoadedModel:
+    """A ``LoadedModel`` from a registered name, a checkpoint path, a
+    bioimage.io package (``.zip`` or folder) or a LoadedModel.
 
+    ``trust_package=True`` lets a package run the architecture code it ships
+    (``core.bioimageio_import``); never needed for our own packages.
     Models given by name or path come from a cache of the last few loaded,
     so callers share them: train a copy, never a model from here in place.
     """
     from ..devices import resolve_device
+
+    if trust_package:
+        from ..bioimageio_import import trust_package as trust
+
+        trust(model)
 
     target = resolve_device(device)
     if isinstance(model, LoadedModel):

@@ -63,7 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("predict", help="segment image files, writing labels and boxes")
-    p.add_argument("inputs", nargs="+", help="image files (TIFF, PNG, JPEG) or folders")
+    p.add_argument(
+        "inputs", nargs="+", help="image files (TIFF, PNG, JPEG, OME-Zarr or zarr) or folders"
+    )
+    p.add_argument(
+        "--output-format",
+        choices=["tiff", "zarr"],
+        default=None,
+        help="labels as TIFF or as OME-Zarr label images (default: zarr for zarr inputs)",
+    )
     p.add_argument(
         "--model",
         default="nuclei-unet",

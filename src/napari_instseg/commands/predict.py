@@ -30,14 +30,34 @@ BOXES_COLUMNS = [
 
 
 def _expand_inputs(paths: list[str]) -> list[Path]:
+    from ..core.zarr_io import is_zarr
+
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        if path.is_dir() and not is_zarr(path):
+            files.extend(
+                sorted(
+                    p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_zarr(p)
+                )
+            )
         else:
             files.append(path)
     return files
+
+
+def _read_input(path: Path, channel_axis):
+    """(image, channel axis, (axes, scale) for zarr outputs) of an input file;
+    zarr stays on disk and is read tile by tile."""
+    from ..core.data import read_image
+    from ..core.zarr_io import is_zarr, label_axes, open_zarr_image
+
+    if not is_zarr(path):
+        return read_image(path), channel_axis, (None, None)
+    opened = open_zarr_image(path)
+    if channel_axis is None:
+        channel_axis = opened.channel_axis
+    return opened.array, channel_axis, label_axes(opened)
 
 
 def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
@@ -58,18 +78,27 @@ def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
     return kept, skipped
 
 
-def _write_predictions(stem: str, outdir: Path, instances, semantic=None) -> None:
+def _write_predictions(stem: str, outdir: Path, instances, semantic=None, zarr_axes=None) -> None:
+    """Labels (and classes) as TIFF, or as OME-Zarr label images when
+    ``zarr_axes`` is (axes, scale) (None, None: unknown), then the tables."""
     import tifffile
 
-    atomic_write(
-        outdir / f"{stem}_labels.tif",
-        lambda p: tifffile.imwrite(p, instances.labels, compression="zlib"),
-    )
-    if semantic is not None:
+    if zarr_axes is not None:
+        from ..core.zarr_io import write_label_image
+
+        write_label_image(outdir / f"{stem}_labels.zarr", instances.labels, *zarr_axes)
+        if semantic is not None:
+            write_label_image(outdir / f"{stem}_semantic.zarr", semantic.classes, *zarr_axes)
+    else:
         atomic_write(
-            outdir / f"{stem}_semantic.tif",
-            lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
+            outdir / f"{stem}_labels.tif",
+            lambda p: tifffile.imwrite(p, instances.labels, compression="zlib"),
         )
+        if semantic is not None:
+            atomic_write(
+                outdir / f"{stem}_semantic.tif",
+                lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
+            )
 
     table = object_table(instances)
     columns = [c for c in BOXES_COLUMNS if c in table]
@@ -127,7 +156,6 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     from ..core import predict
-    from ..core.data import read_image
     from ..core.diameter import describe
     from ..core.models.loading import load_model
     from ..core.types import Cancelled, InputError, ModelError
@@ -158,12 +186,15 @@ def cmd_predict(args) -> int:
     show = sys.stderr.isatty() or args.progress
     for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
         try:
-            image = read_image(path)
+            image, channel_axis, axes = _read_input(path, args.channel_axis)
+            as_zarr = args.output_format == "zarr" or (
+                args.output_format is None and not isinstance(image, np.ndarray)
+            )
             kwargs = dict(
                 device=args.device,
                 tile_size=args.tile_size,
                 overlap=args.overlap,
-                channel_axis=args.channel_axis,
+                channel_axis=channel_axis,
                 diameter=args.diameter,
                 augment=args.augment,
                 link=args.link,
@@ -191,7 +222,7 @@ def cmd_predict(args) -> int:
                         progress=report,
                         **kwargs,
                     )
-            _write_predictions(path.stem, outdir, instances, semantic)
+            _write_predictions(path.stem, outdir, instances, semantic, axes if as_zarr else None)
             if coco is not None:
                 _add_to_coco(coco, path.name, instances)
             sizing = describe(instances.metadata)

@@ -1,0 +1,106 @@
+"""OME-Zarr and zarr in, OME-Zarr label images out (core.zarr_io, CLI)."""
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_instseg._sample_data import load_sample
+from napari_instseg.cli import main
+from napari_instseg.core.types import InputError
+from napari_instseg.core.zarr_io import open_zarr_image, write_label_image
+
+IMAGE = load_sample("nuclei")[:160, :200]
+
+
+def _ome_zarr(path, image, axes=("y", "x"), scale=(0.5, 0.25)):
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    array = group.create_array("0", shape=image.shape, chunks=(64, 64), dtype=image.dtype)
+    array[...] = image
+    scale_transform = {"type": "scale", "scale": list(scale)}
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a, "type": "space"} for a in axes],
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [scale_transform],
+                }
+            ],
+        }
+    ]
+    return path
+
+
+def test_ome_zarr_in_gives_an_ome_zarr_label_image_like_the_tiff_result(tmp_path):
+    _ome_zarr(tmp_path / "S.zarr", IMAGE)
+    tifffile.imwrite(tmp_path / "T.tif", IMAGE)
+    args = ["--model", "nuclei-unet", "-o", str(tmp_path / "out")]
+    assert main(["predict", str(tmp_path / "S.zarr"), *args]) == 0
+    assert main(["predict", str(tmp_path / "T.tif"), *args]) == 0
+    out = zarr.open_group(str(tmp_path / "out" / "S_labels.zarr"), mode="r")
+    (multiscale,) = out.attrs["multiscales"]
+    assert [a["name"] for a in multiscale["axes"]] == ["y", "x"]
+    assert multiscale["datasets"][0]["path"] == "0"
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 0.25]
+    assert "image-label" in out.attrs
+    labels = out["0"]
+    assert labels.dtype == np.uint16 and labels.chunks == (160, 200)
+    np.testing.assert_array_equal(labels[...], tifffile.imread(tmp_path / "out" / "T_labels.tif"))
+    assert (tmp_path / "out" / "S_boxes.csv").exists()
+    assert not list((tmp_path / "out").glob("*.partial"))
+    # an output that exists is refused with one line; the other files carry on
+    assert main(["predict", str(tmp_path / "S.zarr"), *args]) == 1
+
+
+def test_plain_zarr_array_and_tiff_to_zarr(tmp_path):
+    array = zarr.create_array(str(tmp_path / "plain.zarr"), shape=IMAGE.shape, dtype=IMAGE.dtype)
+    array[...] = IMAGE
+    tifffile.imwrite(tmp_path / "t.tif", IMAGE)
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "plain.zarr"), "-o", str(out)]) == 0
+    assert (
+        main(["predict", str(tmp_path / "t.tif"), "--output-format", "zarr", "-o", str(out)]) == 0
+    )
+    for stem in ("plain", "t"):
+        group = zarr.open_group(str(out / f"{stem}_labels.zarr"), mode="r")
+        assert group["0"].shape == IMAGE.shape and group["0"][...].max() > 3
+
+
+def test_bad_zarr_stores_are_one_line_errors(tmp_path):
+    huge = zarr.create_array(str(tmp_path / "huge.zarr"), shape=(2**31, 2**31), dtype="uint16")
+    assert huge.shape[0] == 2**31
+    with pytest.raises(InputError, match="implausible shape"):
+        open_zarr_image(tmp_path / "huge.zarr")
+    zarr.create_array(str(tmp_path / "c.zarr"), shape=(8, 8), dtype="complex64")
+    with pytest.raises(InputError, match="unsupported pixel type"):
+        open_zarr_image(tmp_path / "c.zarr")
+    broken = zarr.create_array(
+        str(tmp_path / "b.zarr"), shape=(64, 64), chunks=(32, 32), dtype="uint8",
+        fill_value=None, zarr_format=2,
+    )  # fmt: skip
+    broken[...] = 1
+    os.remove(tmp_path / "b.zarr" / "0.1")
+    with pytest.raises(InputError, match="1 of its 4 chunks are missing"):
+        open_zarr_image(tmp_path / "b.zarr")
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    with pytest.raises(InputError, match="without OME-Zarr multiscales"):
+        open_zarr_image(tmp_path / "g.zarr")
+    assert group is not None
+    with pytest.raises(InputError, match="no such zarr store"):
+        open_zarr_image(tmp_path / "missing.zarr")
+
+
+def test_label_writer_never_leaves_a_half_written_output(tmp_path):
+    target = tmp_path / "x_labels.zarr"
+    (tmp_path / "x_labels.zarr.partial").mkdir()  # left by an interrupted run
+    write_label_image(target, np.ones((3, 40, 50), np.uint32), ["z", "y", "x"], [2.0, 0.5, 0.5])
+    group = zarr.open_group(str(target), mode="r")
+    assert group["0"].chunks == (1, 40, 50)
+    assert [a["name"] for a in group.attrs["multiscales"][0]["axes"]] == ["z", "y", "x"]
+    assert not (tmp_path / "x_labels.zarr.partial").exists()
+    with pytest.raises(InputError, match="exists"):
+        write_label_image(target, np.ones((40, 50), np.uint16))

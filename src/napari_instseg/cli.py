@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="IoU of two slices' objects that links them (default: 0.15)",
     )
+    p.add_argument(
+        "--cluster",
+        metavar="local:N",
+        help="segment large 2D images block by block on a local dask cluster of N workers",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="segment block by block on a running dask scheduler (e.g. tcp://host:8786)",
+    )
+    p.add_argument(
+        "--block-size", type=int, default=2048, help="block side in cluster mode (default 2048)"
+    )
     p.add_argument("--coco", help="also write all results to this COCO JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
     p.add_argument("-v", "--verbose", action="store_true")

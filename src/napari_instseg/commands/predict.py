@@ -159,6 +159,7 @@ def cmd_predict(args) -> int:
     from ..core.diameter import describe
     from ..core.models.loading import load_model
     from ..core.types import Cancelled, InputError, ModelError
+    from .cluster import cluster_client, segment_on_cluster
 
     outdir = Path(args.outdir)
     try:
@@ -184,68 +185,76 @@ def cmd_predict(args) -> int:
         raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
     files, failures = _unique_stems(files)
     show = sys.stderr.isatty() or args.progress
-    for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
-        try:
-            image, channel_axis, axes = _read_input(path, args.channel_axis)
-            as_zarr = args.output_format == "zarr" or (
-                args.output_format is None and not isinstance(image, np.ndarray)
-            )
-            kwargs = dict(
-                device=args.device,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                channel_axis=channel_axis,
-                diameter=args.diameter,
-                augment=args.augment,
-                link=args.link,
-                link_threshold=args.link_threshold,
-            )
-            with tqdm(total=0, desc=path.name, unit="tile", leave=False, disable=not show) as bar:
+    with cluster_client(args) as client:
+        for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
+            try:
+                image, channel_axis, axes = _read_input(path, args.channel_axis)
+                as_zarr = args.output_format == "zarr" or (
+                    args.output_format is None and not isinstance(image, np.ndarray)
+                )
+                kwargs = dict(
+                    device=args.device,
+                    tile_size=args.tile_size,
+                    overlap=args.overlap,
+                    channel_axis=channel_axis,
+                    diameter=args.diameter,
+                    augment=args.augment,
+                    link=args.link,
+                    link_threshold=args.link_threshold,
+                )
+                with tqdm(
+                    total=0, desc=path.name, unit="tile", leave=False, disable=not show
+                ) as bar:
 
-                def report(step, bar=bar):
-                    bar.total = step.total
-                    bar.n = step.done
-                    bar.refresh()
+                    def report(step, bar=bar):
+                        bar.total = step.total
+                        bar.n = step.done
+                        bar.refresh()
 
-                if loaded.info.task == SEMANTIC:
-                    semantic = predict.segment_semantic(
-                        image, loaded, progress=report, return_probabilities=False, **kwargs
-                    )
-                    instances = semantic.instances
-                else:
-                    semantic = None
-                    instances = predict.segment_instances(
-                        image,
-                        loaded,
-                        score_threshold=args.score_threshold,
-                        mask_threshold=args.mask_threshold,
-                        progress=report,
-                        **kwargs,
-                    )
-            _write_predictions(path.stem, outdir, instances, semantic, axes if as_zarr else None)
-            if coco is not None:
-                _add_to_coco(coco, path.name, instances)
-            sizing = describe(instances.metadata)
-            linked = instances.metadata.get("link")
-            if args.verbose or sizing or linked:
-                note = f" ({sizing})" if sizing else ""
-                if linked:
-                    kind = "tracks" if linked["along"] == "t" else "3D objects"
-                    note += f", linked into {linked['objects']} {kind}"
-                print(f"{path}: {len(instances)} objects{note}", file=sys.stderr)
-        except (
-            InputError,
-            ModelError,
-            Cancelled,
-            OSError,
-            ValueError,
-            MemoryError,
-            RuntimeError,
-        ) as err:
-            if args.debug:
-                raise
-            failures += 1
-            report_error(f"{path}: {err}")
+                    if client is not None:
+                        semantic = None
+                        instances = segment_on_cluster(client, path, image, args, report)
+                    elif loaded.info.task == SEMANTIC:
+                        semantic = predict.segment_semantic(
+                            image, loaded, progress=report, return_probabilities=False, **kwargs
+                        )
+                        instances = semantic.instances
+                    else:
+                        semantic = None
+                        instances = predict.segment_instances(
+                            image,
+                            loaded,
+                            score_threshold=args.score_threshold,
+                            mask_threshold=args.mask_threshold,
+                            progress=report,
+                            **kwargs,
+                        )
+                _write_predictions(
+                    path.stem, outdir, instances, semantic, axes if as_zarr else None
+                )
+                if coco is not None:
+                    _add_to_coco(coco, path.name, instances)
+                sizing = describe(instances.metadata)
+                linked = instances.metadata.get("link")
+                if args.verbose or sizing or linked:
+                    note = f" ({sizing})" if sizing else ""
+                    if linked:
+                        kind = "tracks" if linked["along"] == "t" else "3D objects"
+                        note += f", linked into {linked['objects']} {kind}"
+                    print(f"{path}: {len(instances)} objects{note}", file=sys.stderr)
+            except (
+                InputError,
+                ModelError,
+                Cancelled,
+                OSError,
+                ValueError,
+                MemoryError,
+                RuntimeError,
+            ) as err:
+                if args.debug:
+                    raise
+                failures += 1
+                report_error(f"{path}: {err}")
     if coco is not None:
         target = Path(args.coco)
         try:

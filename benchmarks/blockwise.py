@@ -1,0 +1,164 @@
+"""Block-wise segmentation on a local dask cluster: speed-up, agreement, a killed worker.
+
+    python benchmarks/blockwise.py [--size 8192] [--model nuclei-unet] [--workers 1 2]
+                                   [--kill] [--single] [--store /tmp/mosaic.zarr]
+
+Builds a SIZE x SIZE uint16 zarr mosaic of real nuclei (the gray val screens
+of ../shared/data, tiled and mirrored; never test images), then segments it
+with ``predict --cluster local:N`` semantics (``core.blockwise`` on a
+LocalCluster of N single-threaded workers) and reports wall time, Mpx/s and
+each worker's peak memory. ``--single`` also runs the single-process tiled
+engine and matches objects one to one (IoU > 0.5) both ways; ``--kill``
+repeats the largest cluster run with one worker SIGKILLed mid-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def build_mosaic(path: Path, size: int, data: Path) -> None:
+    import zarr
+    from accuracy_and_speed import load_images
+
+    tiles = [
+        im for kind, im, _, gray in load_images(data, "val") if gray and kind == "screen-520x696"
+    ]
+    tiles = [(t[..., 0] if t.ndim == 3 else t).astype(np.uint16) * 64 for t in tiles]
+    array = zarr.create_array(
+        str(path), shape=(size, size), chunks=(1024, 1024), dtype="uint16", overwrite=True
+    )
+    th, tw = tiles[0].shape
+    k = 0
+    for y in range(0, size, 1024):
+        band = np.zeros((1024, size), np.uint16)
+        for yy in range(0, 1024, th):
+            for x in range(0, size, tw):
+                tile = tiles[k % len(tiles)]
+                tile = tile[:, ::-1] if (k // len(tiles)) % 2 else tile
+                k += 1
+                h, w = min(th, 1024 - yy), min(tw, size - x)
+                band[yy : yy + h, x : x + w] = tile[:h, :w]
+        array[y : y + 1024] = band[: min(1024, size - y)]
+
+
+def one_to_one(a, b) -> tuple[float, float]:
+    from napari_instseg.core.metrics import iou_matrix
+
+    iou = iou_matrix(a, b)
+    return float((iou.max(1) > 0.5).mean()), float((iou.max(0) > 0.5).mean())
+
+
+def run_cluster(store, workers: int, model: str, block: int, kill: bool = False):
+    import psutil
+    from distributed import Client, LocalCluster
+
+    from napari_instseg.core.blockwise import segment_blockwise
+
+    with LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        memory_limit="4GiB",
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        client.run(lambda: __import__("napari_instseg.core.predict"))  # imports before timing
+        pids = client.run(os.getpid)
+        peaks = {pid: 0 for pid in pids.values()}
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                for pid in list(peaks):
+                    with contextlib.suppress(psutil.NoSuchProcess):  # a killed worker
+                        peaks[pid] = max(peaks[pid], psutil.Process(pid).memory_info().rss)
+                for pid in client.run(os.getpid).values() if kill else []:
+                    peaks.setdefault(pid, 0)
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        if kill:
+
+            def killer():
+                while not any(client.processing().values()):
+                    time.sleep(0.1)
+                time.sleep(5)
+                os.kill(next(iter(pids.values())), signal.SIGKILL)
+
+            threading.Thread(target=killer, daemon=True).start()
+        start = time.perf_counter()
+        result = segment_blockwise(str(store), model, client=client, block_size=block)
+        seconds = time.perf_counter() - start
+        stop.set()
+        return result, seconds, max(peaks.values()) / 2**30
+
+
+def main() -> int:
+    from _common import git_commit, machine_description
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=8192)
+    parser.add_argument("--model", default="nuclei-unet")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--block", type=int, default=2048)
+    parser.add_argument("--kill", action="store_true")
+    parser.add_argument("--single", action="store_true")
+    parser.add_argument("--store", type=Path, default=Path("/tmp/instseg-mosaic.zarr"))
+    parser.add_argument(
+        "--data", type=Path, default=Path(__file__).parents[1] / "../shared/data/dsb2018"
+    )
+    args = parser.parse_args()
+
+    print(f"# block-wise benchmark, commit {git_commit()}")
+    print(f"# {machine_description()}")
+    if not args.store.exists():
+        build_mosaic(args.store, args.size, args.data)
+    megapixels = args.size**2 / 1e6
+    what = f"{args.size}x{args.size} uint16 zarr mosaic of val screens"
+    print(f"# {what}, {args.model}, block {args.block}")
+    print("run | seconds | Mpx/s | objects | peak worker GiB | matched to first run (both ways)")
+    first = None
+    for workers in args.workers:
+        result, seconds, peak = run_cluster(args.store, workers, args.model, args.block)
+        first = first if first is not None else result
+        match = one_to_one(first.labels, result.labels)
+        print(f"local:{workers} | {seconds:.0f} | {megapixels / seconds:.2f} | {len(result)} | "
+              f"{peak:.2f} | {match[0]:.4f} / {match[1]:.4f}", flush=True)  # fmt: skip
+    if args.kill:
+        workers = max(args.workers)
+        result, seconds, peak = run_cluster(args.store, workers, args.model, args.block, kill=True)
+        match = one_to_one(first.labels, result.labels)
+        speed = megapixels / seconds
+        line = f"local:{workers}, one worker killed | {seconds:.0f} | {speed:.2f} | {len(result)}"
+        print(f"{line} | {peak:.2f} | {match[0]:.4f} / {match[1]:.4f}", flush=True)
+    if args.single:
+        import torch
+        import zarr
+
+        from napari_instseg import segment_instances, segment_semantic
+
+        torch.set_num_threads(2)
+        image = zarr.open(str(args.store), mode="r")
+        start = time.perf_counter()
+        if "unet" in args.model:
+            single = segment_semantic(image, args.model, return_probabilities=False).instances
+        else:
+            single = segment_instances(image, args.model)
+        seconds = time.perf_counter() - start
+        match = one_to_one(single.labels, first.labels)
+        print(f"single process (2 threads) | {seconds:.0f} | {megapixels / seconds:.2f} | "
+              f"{len(single)} | - | blocks vs single {match[0]:.4f} / {match[1]:.4f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -104,3 +104,21 @@ def test_label_writer_never_leaves_a_half_written_output(tmp_path):
     assert not (tmp_path / "x_labels.zarr.partial").exists()
     with pytest.raises(InputError, match="exists"):
         write_label_image(target, np.ones((40, 50), np.uint16))
+
+
+def test_skip_existing_resumes_a_batch_and_a_bad_file_does_not_stop_it(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(folder / f"{name}.tif", IMAGE)
+    (folder / "c.tif").write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-o", str(out)]) == 1  # c.tif fails alone
+    assert (out / "a_boxes.csv").exists() and (out / "b_boxes.csv").exists()
+    (out / "b_boxes.csv").unlink()  # as if interrupted while writing b
+    before = (out / "a_labels.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["predict", str(folder), "-o", str(out), "--skip-existing"]) == 1
+    assert "a.tif: done before (skipped)" in capsys.readouterr().err
+    assert (out / "a_labels.tif").stat().st_mtime_ns == before
+    assert (out / "b_boxes.csv").exists()

@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--block-size", type=int, default=2048, help="block side in cluster mode (default 2048)"
     )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose outputs are complete (resumes an interrupted batch)",
+    )
     p.add_argument("--coco", help="also write all results to this COCO JSON file")
     p.add_argument("--progress", action="store_true", help="show progress bars even when piped")
     p.add_argument("-v", "--verbose", action="store_true")

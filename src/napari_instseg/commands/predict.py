@@ -112,9 +112,10 @@ def _write_predictions(stem: str, outdir: Path, instances, semantic=None, zarr_a
                     f"{table[c][row]:.4f}" if c == "score" else table[c][row] for c in columns
                 )
 
-    atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
     if "link" in instances.metadata:
         _write_linked(stem, outdir, instances)
+    # written last: its presence says this input's outputs are complete (--skip-existing)
+    atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
 
 
 def _write_linked(stem: str, outdir: Path, instances) -> None:
@@ -187,6 +188,9 @@ def cmd_predict(args) -> int:
     show = sys.stderr.isatty() or args.progress
     with cluster_client(args) as client:
         for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
+            if args.skip_existing and (outdir / f"{path.stem}_boxes.csv").exists():
+                print(f"{path}: done before (skipped)", file=sys.stderr)
+                continue
             try:
                 image, channel_axis, axes = _read_input(path, args.channel_axis)
                 as_zarr = args.output_format == "zarr" or (

@@ -82,3 +82,26 @@ def test_a_worker_killed_mid_run_changes_nothing(client):
     run.join(timeout=240)
     assert not run.is_alive() and "result" in out
     np.testing.assert_array_equal(out["result"].labels, reference.labels)
+
+
+def test_cluster_mode_runs_a_folder_as_one_task_per_file(tmp_path, capsys):
+    import tifffile
+
+    from napari_instseg.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(3):
+        tifffile.imwrite(folder / f"f{k}.tif", np.roll(IMAGE[:128, :128], 16 * k, axis=1))
+    (folder / "bad.tif").write_bytes(b"not a tiff")
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--cluster", "local:2", "-o", str(out)])
+    assert code == 1  # the bad file fails alone, with one line
+    err = capsys.readouterr().err
+    assert "bad.tif" in err and "dashboard" in err and "Traceback" not in err
+    for k in range(3):
+        labels = tifffile.imread(out / f"f{k}_labels.tif")
+        expected = segment_semantic(
+            np.roll(IMAGE[:128, :128], 16 * k, axis=1), "nuclei-unet"
+        ).instances.labels
+        np.testing.assert_array_equal(labels, expected)

@@ -76,3 +76,51 @@ def segment_on_cluster(client, path, image, args, report):
         task_source=source,
         **options,
     )
+
+
+def submit_files(client, files, args) -> dict:
+    """One task per TIFF/PNG/JPEG file (a whole image each), submitted at once;
+    zarr inputs are left to block-wise runs. {path: future}"""
+    from ..core.zarr_io import is_zarr
+
+    options = {
+        "device": args.device,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "channel_axis": args.channel_axis,
+        "diameter": args.diameter,
+        "augment": args.augment,
+        "link": args.link,
+        "link_threshold": args.link_threshold,
+        "score_threshold": args.score_threshold,
+        "mask_threshold": args.mask_threshold,
+    }
+    return {
+        path: client.submit(segment_file, str(path), args.model, options, pure=True, retries=3)
+        for path in files
+        if not is_zarr(path)
+    }
+
+
+def segment_file(path: str, model: str, options: dict):
+    """(instances, semantic or None) of one file: the task a worker runs."""
+    from pathlib import Path
+
+    from ..core import predict
+    from ..core.models.architectures import SEMANTIC
+    from ..core.models.loading import load_model
+    from .predict import _read_input
+
+    options = dict(options)
+    image, channel_axis, _ = _read_input(Path(path), options.pop("channel_axis"))
+    loaded = load_model(model, options.pop("device"))
+    detection = {k: options.pop(k) for k in ("score_threshold", "mask_threshold")}
+    if loaded.info.task == SEMANTIC:
+        semantic = predict.segment_semantic(
+            image, loaded, channel_axis=channel_axis, return_probabilities=False, **options
+        )
+        return semantic.instances, semantic
+    instances = predict.segment_instances(
+        image, loaded, channel_axis=channel_axis, **detection, **options
+    )
+    return instances, None

@@ -160,7 +160,7 @@ def cmd_predict(args) -> int:
     from ..core.diameter import describe
     from ..core.models.loading import load_model
     from ..core.types import Cancelled, InputError, ModelError
-    from .cluster import cluster_client, segment_on_cluster
+    from .cluster import cluster_client, segment_on_cluster, submit_files
 
     outdir = Path(args.outdir)
     try:
@@ -186,12 +186,25 @@ def cmd_predict(args) -> int:
         raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
     files, failures = _unique_stems(files)
     show = sys.stderr.isatty() or args.progress
+    if args.skip_existing:
+        done = [p for p in files if (outdir / f"{p.stem}_boxes.csv").exists()]
+        for path in done:
+            print(f"{path}: done before (skipped)", file=sys.stderr)
+        files = [p for p in files if p not in done]
     with cluster_client(args) as client:
+        # many files on a cluster: one task per file, all submitted up front
+        file_tasks = submit_files(client, files, args) if client and len(files) > 1 else {}
         for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
-            if args.skip_existing and (outdir / f"{path.stem}_boxes.csv").exists():
-                print(f"{path}: done before (skipped)", file=sys.stderr)
-                continue
             try:
+                if path in file_tasks:
+                    instances, semantic = file_tasks.pop(path).result()
+                    zarr_axes = (None, None) if args.output_format == "zarr" else None
+                    _write_predictions(path.stem, outdir, instances, semantic, zarr_axes)
+                    if coco is not None:
+                        _add_to_coco(coco, path.name, instances)
+                    if args.verbose:
+                        print(f"{path}: {len(instances)} objects", file=sys.stderr)
+                    continue
                 image, channel_axis, axes = _read_input(path, args.channel_axis)
                 as_zarr = args.output_format == "zarr" or (
                     args.output_format is None and not isinstance(image, np.ndarray)

@@ -167,10 +167,38 @@ def box_editing(new_viewer, app, out):
     centre = corners.mean(0)
     viewer.camera.center = tuple(centre)
     viewer.camera.zoom = 4
-    tools.labels_layer.value = labels
+    tools.labels_layer.value = viewer.layers[labels.name]
     settle(app)
     viewer.screenshot(str(out / "box-editing.png"), canvas_only=False)
+    # the Curate labels widget: merge two neighbours, then split them again at two points
+    labels.show_selected_label = False
+    rows = _closest_pair(boxes)
+    boxes.selected_data = set(rows)
+    tools.merge_selected()
+    merged = int(boxes.features["label_id"].iloc[min(rows)])
+    ys, xs = np.nonzero(labels.data == merged)
+    far = np.argmax(np.hypot(ys - ys.mean(), xs - xs.mean()))
+    near = np.argmin(np.hypot(ys - (2 * ys.mean() - ys[far]), xs - (2 * xs.mean() - xs[far])))
+    tools.place_split_points()
+    points = viewer.layers["split points"]
+    points.data = np.array([[ys[far], xs[far]], [ys[near], xs[near]]])
+    viewer.camera.center = (ys.mean(), xs.mean())
+    viewer.camera.zoom = 5
+    tools.split_button.clicked.emit()
+    settle(app)
+    viewer.screenshot(str(out / "curation-split.png"), canvas_only=False)
     viewer.close()
+
+
+def _closest_pair(boxes):
+    """The rows of the two boxes whose centres are closest (touching nuclei)."""
+    import numpy as np
+
+    centres = np.array([np.asarray(v).mean(0) for v in boxes.data])
+    d = np.hypot(*(centres[:, None] - centres[None]).transpose(2, 0, 1))
+    d[np.diag_indices(len(d))] = np.inf
+    a, b = np.unravel_index(np.argmin(d), d.shape)
+    return [int(a), int(b)]
 
 
 if __name__ == "__main__":

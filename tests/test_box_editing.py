@@ -210,3 +210,22 @@ def test_in_a_linked_z_stack_edits_stay_in_their_slice(make_napari_viewer, qtbot
     new_id = int(boxes.features["label_id"].iloc[-1])
     slices = np.flatnonzero((labels.data == new_id).any(axis=(1, 2)))
     assert list(slices) == [plane]
+
+
+def test_widgets_from_the_plugin_menu_share_the_link(make_napari_viewer):
+    """napari gives plugin widgets a proxy of the viewer, so the same layer
+    reaches the two widgets as different proxy objects: they must still agree."""
+    viewer = make_napari_viewer()
+    viewer.add_image(load_sample("nuclei")[:200, :200], name="nuclei")
+    _, segment = viewer.window.add_plugin_dock_widget(
+        "napari-instseg", "Instance segmentation (Mask R-CNN)"
+    )
+    _, tools = viewer.window.add_plugin_dock_widget("napari-instseg", "Curate labels")
+    labels, boxes = segment.run(blocking=True)
+    tools.labels_layer.reset_choices()
+    tools.labels_layer.value = viewer.layers[labels.name]
+    n = len(boxes.data)
+    boxes.selected_data = {0, 1}
+    tools.merge_button.clicked.emit()
+    assert "Merged" in tools.status.value, tools.status.value
+    assert len(boxes.data) == n - 1

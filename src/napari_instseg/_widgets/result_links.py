@@ -11,6 +11,12 @@ from .linked_layers import LinkedResultLayers
 _LINKS: dict[int, LinkedResultLayers] = {}
 
 
+def layer_identity(layer) -> int:
+    """The same number for a layer however it is reached: napari hands plugin
+    widgets a proxy of the viewer, whose layers are new proxy objects each time."""
+    return id(getattr(layer, "__wrapped__", layer))
+
+
 def link_of(labels) -> LinkedResultLayers | None:
     """The active link of a Labels layer, if it has one."""
     link = any_link_of(labels)
@@ -19,15 +25,16 @@ def link_of(labels) -> LinkedResultLayers | None:
 
 def any_link_of(labels) -> LinkedResultLayers | None:
     """The link of a Labels layer, active or unlinked by the user."""
-    link = _LINKS.get(id(labels))
-    return link if link is not None and link.labels is labels else None
+    link = _LINKS.get(layer_identity(labels))
+    same = link is not None and layer_identity(link.labels) == layer_identity(labels)
+    return link if same else None
 
 
 def unlink_layer(layer) -> None:
     """Stop the link that ``layer`` (labels or boxes) belongs to, before a
     re-run writes into it."""
     for link in list(_LINKS.values()):
-        if layer is link.labels or layer is link.boxes:
+        if layer_identity(layer) in (layer_identity(link.labels), layer_identity(link.boxes)):
             link.unlink()
 
 
@@ -65,12 +72,13 @@ def link_result(viewer, labels, boxes, source, channel_axis, offset, options, me
         return None if offset or data.size > 64e6 or plane_channel_axis is not None else data
 
     link = LinkedResultLayers(labels, boxes, segment, intensity, message)
-    _LINKS[id(labels)] = link
+    _LINKS[layer_identity(labels)] = link
 
     def on_removed(event):
-        if event.value in (labels, boxes) and link.linked:
+        ours = (layer_identity(labels), layer_identity(boxes))
+        if layer_identity(event.value) in ours and link.linked:
             link.unlink()
-            _LINKS.pop(id(labels), None)
+            _LINKS.pop(layer_identity(labels), None)
 
     viewer.layers.events.removed.connect(on_removed)
     return link

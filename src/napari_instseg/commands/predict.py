@@ -100,22 +100,12 @@ def _write_predictions(stem: str, outdir: Path, instances, semantic=None, zarr_a
                 lambda p: tifffile.imwrite(p, semantic.classes, compression="zlib"),
             )
 
-    table = object_table(instances)
-    columns = [c for c in BOXES_COLUMNS if c in table]
-
-    def write_csv(path: Path) -> None:
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for row in range(len(instances)):
-                writer.writerow(
-                    f"{table[c][row]:.4f}" if c == "score" else table[c][row] for c in columns
-                )
-
     if "link" in instances.metadata:
         _write_linked(stem, outdir, instances)
+    table = object_table(instances)
+    boxes = {c: table[c] for c in BOXES_COLUMNS if c in table}
     # written last: its presence says this input's outputs are complete (--skip-existing)
-    atomic_write(outdir / f"{stem}_boxes.csv", write_csv)
+    _write_table(outdir / f"{stem}_boxes.csv", boxes, digits=4)
 
 
 def _write_linked(stem: str, outdir: Path, instances) -> None:
@@ -136,21 +126,21 @@ def _write_linked(stem: str, outdir: Path, instances) -> None:
         _write_table(outdir / f"{stem}_tracks.csv", columns)
 
 
-def _write_table(path: Path, table: dict) -> None:
+def _write_table(path: Path, table: dict, digits: int = 3) -> None:
+    """A CSV of equal-length columns, floats with ``digits`` decimals."""
     columns = list(table)
+
+    def cell(value):
+        return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else value
 
     def write(target: Path) -> None:
         with target.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(columns)
             for row in range(len(table[columns[0]])):
-                writer.writerow(_cell(table[c][row]) for c in columns)
+                writer.writerow(cell(table[c][row]) for c in columns)
 
     atomic_write(path, write)
-
-
-def _cell(value):
-    return f"{value:.3f}" if isinstance(value, (float, np.floating)) else value
 
 
 def cmd_predict(args) -> int:

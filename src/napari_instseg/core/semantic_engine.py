@@ -74,16 +74,15 @@ def iter_segment_semantic(
     link = check_link(link, stack_shape)
     tile_size, overlap = options.tiling(SEMANTIC, tile_size, overlap, loaded.info.tile_size)
     sizing = SlicePlan(loaded, diameter, rescale)
-    post = loaded.info.postprocess
-    names = loaded.info.class_names
+    rules = instance_rules(loaded.info, min_size)
     settings = _Settings(
         loaded,
         tile_size,
         overlap,
-        min_size=int(post.get("min_size", options.MIN_SIZE) if min_size is None else min_size),
-        interior=names.index(post.get("instance_class", names[1])),
-        boundary=names.index("boundary") if "boundary" in names else -1,
-        seed_threshold=float(post.get("seed_threshold", options.SEED_THRESHOLD)),
+        min_size=rules["min_size"],
+        interior=rules["interior_class"],
+        boundary=rules["boundary_class"],
+        seed_threshold=rules["seed_threshold"],
         augment=augment,
         return_probabilities=return_probabilities,
     )
@@ -107,6 +106,18 @@ def iter_segment_semantic(
     if link:
         result.instances = link_stack(result.instances, link, threshold=link_threshold, copy=False)
     return result
+
+
+def instance_rules(info, min_size: int | None = None) -> dict:
+    """How a U-Net's class map becomes instances: the keywords of
+    ``instances_from_classes`` from the settings stored with the model."""
+    post, names = info.postprocess, info.class_names
+    return {
+        "min_size": int(post.get("min_size", options.MIN_SIZE) if min_size is None else min_size),
+        "interior_class": names.index(post.get("instance_class", names[1])),
+        "boundary_class": names.index("boundary") if "boundary" in names else -1,
+        "seed_threshold": float(post.get("seed_threshold", options.SEED_THRESHOLD)),
+    }
 
 
 @dataclass(frozen=True)

@@ -56,24 +56,21 @@ def segment_on_cluster(client, path, image, args, report):
     """One file's instances, block by block on the cluster. A zarr input is
     read by the workers themselves; an image in memory is sent to them once."""
     from ..core.blockwise import segment_blockwise
-    from ..core.types import InputError
     from ..core.zarr_io import is_zarr
+    from .predict import engine_options
 
-    if image.ndim != 2:
-        raise InputError(f"cluster mode takes 2D gray images, not shape {tuple(image.shape)}")
-    source = str(path) if is_zarr(path) else client.scatter(image, broadcast=True)
-    options = {"device": args.device, "tile_size": args.tile_size, "overlap": args.overlap}
-    if args.score_threshold is not None:
-        options["score_threshold"] = args.score_threshold
-    if args.mask_threshold is not None:
-        options["mask_threshold"] = args.mask_threshold
+    source = str(path) if is_zarr(path) else image
+    options = engine_options(args, None)
+    # one 2D gray image, each block at the image's own scale
+    for key in ("channel_axis", "link", "link_threshold", "diameter", "augment"):
+        options.pop(key)
     return segment_blockwise(
-        str(path) if is_zarr(path) else image,
+        source,
         args.model,
         client=client,
         block_size=args.block_size,
         progress=report,
-        task_source=source,
+        task_source=source if isinstance(source, str) else client.scatter(image, broadcast=True),
         **options,
     )
 
@@ -82,19 +79,9 @@ def submit_files(client, files, args) -> dict:
     """One task per TIFF/PNG/JPEG file (a whole image each), submitted at once;
     zarr inputs are left to block-wise runs. {path: future}"""
     from ..core.zarr_io import is_zarr
+    from .predict import engine_options
 
-    options = {
-        "device": args.device,
-        "tile_size": args.tile_size,
-        "overlap": args.overlap,
-        "channel_axis": args.channel_axis,
-        "diameter": args.diameter,
-        "augment": args.augment,
-        "link": args.link,
-        "link_threshold": args.link_threshold,
-        "score_threshold": args.score_threshold,
-        "mask_threshold": args.mask_threshold,
-    }
+    options = engine_options(args, args.channel_axis)
     return {
         path: client.submit(segment_file, str(path), args.model, options, pure=True, retries=3)
         for path in files
@@ -106,21 +93,8 @@ def segment_file(path: str, model: str, options: dict):
     """(instances, semantic or None) of one file: the task a worker runs."""
     from pathlib import Path
 
-    from ..core import predict
-    from ..core.models.architectures import SEMANTIC
-    from ..core.models.loading import load_model
+    from ..core.predict import segment
     from .predict import _read_input
 
-    options = dict(options)
-    image, channel_axis, _ = _read_input(Path(path), options.pop("channel_axis"))
-    loaded = load_model(model, options.pop("device"))
-    detection = {k: options.pop(k) for k in ("score_threshold", "mask_threshold")}
-    if loaded.info.task == SEMANTIC:
-        semantic = predict.segment_semantic(
-            image, loaded, channel_axis=channel_axis, return_probabilities=False, **options
-        )
-        return semantic.instances, semantic
-    instances = predict.segment_instances(
-        image, loaded, channel_axis=channel_axis, **detection, **options
-    )
-    return instances, None
+    image, channel_axis, _ = _read_input(Path(path), options["channel_axis"])
+    return segment(image, model, **{**options, "channel_axis": channel_axis})

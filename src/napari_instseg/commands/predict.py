@@ -12,7 +12,6 @@ import numpy as np
 
 from ..core.export import object_table
 from ..core.files import IMAGE_SUFFIXES, atomic_write
-from ..core.models.architectures import SEMANTIC
 from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
 
 # the columns of OUTDIR/STEM_boxes.csv, cut from core.export.object_table
@@ -143,6 +142,22 @@ def _write_table(path: Path, table: dict, digits: int = 3) -> None:
     atomic_write(path, write)
 
 
+def engine_options(args, channel_axis) -> dict:
+    """The engine's keyword options from the command line (``predict.segment``)."""
+    return {
+        "device": args.device,
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "channel_axis": channel_axis,
+        "diameter": args.diameter,
+        "augment": args.augment,
+        "link": args.link,
+        "link_threshold": args.link_threshold,
+        "score_threshold": args.score_threshold,
+        "mask_threshold": args.mask_threshold,
+    }
+
+
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
@@ -189,56 +204,30 @@ def cmd_predict(args) -> int:
                 if path in file_tasks:
                     instances, semantic = file_tasks.pop(path).result()
                     zarr_axes = (None, None) if args.output_format == "zarr" else None
-                    _write_predictions(path.stem, outdir, instances, semantic, zarr_axes)
-                    if coco is not None:
-                        _add_to_coco(coco, path.name, instances)
-                    if args.verbose:
-                        print(f"{path}: {len(instances)} objects", file=sys.stderr)
-                    continue
-                image, channel_axis, axes = _read_input(path, args.channel_axis)
-                as_zarr = args.output_format == "zarr" or (
-                    args.output_format is None and not isinstance(image, np.ndarray)
-                )
-                kwargs = dict(
-                    device=args.device,
-                    tile_size=args.tile_size,
-                    overlap=args.overlap,
-                    channel_axis=channel_axis,
-                    diameter=args.diameter,
-                    augment=args.augment,
-                    link=args.link,
-                    link_threshold=args.link_threshold,
-                )
-                with tqdm(
-                    total=0, desc=path.name, unit="tile", leave=False, disable=not show
-                ) as bar:
+                else:
+                    image, channel_axis, axes = _read_input(path, args.channel_axis)
+                    as_zarr = args.output_format == "zarr" or (
+                        args.output_format is None and not isinstance(image, np.ndarray)
+                    )
+                    zarr_axes = axes if as_zarr else None
+                    unit = "block" if client is not None else "tile"
+                    bar = tqdm(total=0, desc=path.name, unit=unit, leave=False, disable=not show)
+                    with bar:
 
-                    def report(step, bar=bar):
-                        bar.total = step.total
-                        bar.n = step.done
-                        bar.refresh()
+                        def report(step, bar=bar):
+                            bar.total = step.total
+                            bar.n = step.done
+                            bar.refresh()
 
-                    if client is not None:
-                        semantic = None
-                        instances = segment_on_cluster(client, path, image, args, report)
-                    elif loaded.info.task == SEMANTIC:
-                        semantic = predict.segment_semantic(
-                            image, loaded, progress=report, return_probabilities=False, **kwargs
-                        )
-                        instances = semantic.instances
-                    else:
-                        semantic = None
-                        instances = predict.segment_instances(
-                            image,
-                            loaded,
-                            score_threshold=args.score_threshold,
-                            mask_threshold=args.mask_threshold,
-                            progress=report,
-                            **kwargs,
-                        )
-                _write_predictions(
-                    path.stem, outdir, instances, semantic, axes if as_zarr else None
-                )
+                        if client is not None:
+                            semantic = None
+                            instances = segment_on_cluster(client, path, image, args, report)
+                        else:
+                            options = engine_options(args, channel_axis)
+                            instances, semantic = predict.segment(
+                                image, loaded, progress=report, **options
+                            )
+                _write_predictions(path.stem, outdir, instances, semantic, zarr_axes)
                 if coco is not None:
                     _add_to_coco(coco, path.name, instances)
                 sizing = describe(instances.metadata)

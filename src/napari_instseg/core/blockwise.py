@@ -67,17 +67,13 @@ def plan_blocks(height: int, width: int, block: int, halo: int) -> list[Block]:
 def segment_block(source, block: Block, model, options: dict) -> list[BlockObject]:
     """The objects a block owns (the task a worker runs). ``source`` is an
     array or a zarr path (opened here, so workers read their own windows)."""
-    from .predict import segment_instances, segment_semantic
+    from .predict import segment
 
     image = _open(source)
     ry0, rx0, ry1, rx1 = block.read
     window = np.asarray(image[ry0:ry1, rx0:rx1])
     loaded = _model(model, options.get("device", "auto"))
-    options = {k: v for k, v in options.items() if k != "device"}
-    if loaded.info.task == "semantic":
-        result = segment_semantic(window, loaded, return_probabilities=False, **options).instances
-    else:
-        result = segment_instances(window, loaded, **options)
+    result, _ = segment(window, loaded, **options)
     cy0, cx0, cy1, cx1 = block.core
     found = []
     for row, box in enumerate(result.boxes.astype(int)):

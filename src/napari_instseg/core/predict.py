@@ -29,6 +29,7 @@ __all__ = [
     "drain",
     "iter_segment_instances",
     "iter_segment_semantic",
+    "segment",
     "segment_instances",
     "segment_semantic",
 ]
@@ -87,3 +88,32 @@ def segment_instances(
     mask_threshold) are described in ``napari_instseg.core.options``.
     """
     return drain(iter_segment_instances(image, model, **options), progress, cancel)
+
+
+def segment(
+    image,
+    model,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    score_threshold: float | None = None,
+    mask_threshold: float | None = None,
+    **options,
+) -> tuple[InstanceResult, SemanticResult | None]:
+    """Either engine, as the model's task says: (instances, the semantic
+    result or None), for callers that take any model (CLI, block-wise).
+    The thresholds apply to instance models only; class probabilities are
+    not kept unless ``return_probabilities`` says so."""
+    from .models.architectures import SEMANTIC
+    from .models.loading import load_model
+
+    loaded = load_model(model, options.pop("device", "auto"))
+    if loaded.info.task == SEMANTIC:
+        options.setdefault("return_probabilities", False)
+        semantic = segment_semantic(image, loaded, progress=progress, cancel=cancel, **options)
+        return semantic.instances, semantic
+    instances = segment_instances(
+        image, loaded, progress=progress, cancel=cancel,
+        score_threshold=score_threshold, mask_threshold=mask_threshold, **options,
+    )  # fmt: skip
+    return instances, None

@@ -124,14 +124,13 @@ def data_to_segment(layer, channel_axis: int | None, point=None) -> tuple:
     """(array, stack offset) of an image layer: all of it, or with ``point``
     (the viewer's world position) the 2D slice shown there, as a stack of one."""
     data = layer.data if not layer.multiscale else layer.data[0]
-    n_stack = data.ndim - 2 - (channel_axis is not None)
-    if point is None or n_stack <= 0:
+    axes = stack_axes(data.ndim, channel_axis)
+    if point is None or not axes:
         return data, ()
     position = layer.world_to_data(point)
-    stack_axes = [a for a in range(data.ndim) if a != channel_axis][:n_stack]
-    offset = tuple(int(np.clip(round(position[a]), 0, data.shape[a] - 1)) for a in stack_axes)
+    offset = tuple(int(np.clip(round(position[a]), 0, data.shape[a] - 1)) for a in axes)
     index = [slice(None)] * data.ndim
-    for axis, at in zip(stack_axes, offset):
+    for axis, at in zip(axes, offset):
         index[axis] = slice(at, at + 1)
     return data[tuple(index)], offset
 
@@ -150,15 +149,21 @@ def link_picker() -> ComboBox:
     return picker
 
 
-def stack_axes(layer, channel_axis: int | None) -> list[int]:
-    """The layer's data axes that are neither spatial nor channels."""
-    ndim = layer.ndim  # an RGB layer's colour axis is not one of its dimensions
-    return [a for a in range(ndim - 2) if a != channel_axis]
+def stack_axes(ndim: int, channel_axis: int | None) -> list[int]:
+    """The axes of an ``ndim``-D image's data that are neither its last two
+    (spatial) nor its channel axis (an RGB layer's colour axis included)."""
+    n_stack = ndim - 2 - (channel_axis is not None)
+    return [a for a in range(ndim) if a != channel_axis][: max(n_stack, 0)]
+
+
+def layer_stack_axes(layer, channel_axis: int | None) -> list[int]:
+    """``stack_axes`` of an image layer's data (RGB: its colour axis is data)."""
+    return stack_axes(layer.ndim + bool(layer.rgb), channel_axis)
 
 
 def default_link(layer, channel_axis: int | None) -> str:
     """ "z" or "time" when the image's one stack axis is labelled so, else "none"."""
-    axes = stack_axes(layer, channel_axis) if layer is not None else []
+    axes = layer_stack_axes(layer, channel_axis) if layer is not None else []
     if len(axes) != 1:
         return "none"
     label = str(layer.axis_labels[axes[0]]).lower()

@@ -55,11 +55,8 @@ class LinkedResultLayers:
         self._removing: list[tuple[tuple, int]] = []
         self._rows = len(boxes.data)
         self.pending = 0  # boxes being segmented
-        boxes.events.data.connect(self._on_boxes_changed)
-        labels.events.paint.connect(self._on_paint)
-        # napari emits "paint" before it writes the pixels, "labels_update" after
-        labels.events.labels_update.connect(self._on_labels_written)
         self._touched: set[tuple[tuple, int]] = set()
+        self._follow(True)
         for key, step in (("Control-z", "undo"), ("Control-Shift-z", "redo")):
             labels.bind_key(key, self._history(step), overwrite=True)
 
@@ -68,19 +65,26 @@ class LinkedResultLayers:
         if not self.linked:
             return
         self.linked = False
-        self.boxes.events.data.disconnect(self._on_boxes_changed)
-        self.labels.events.paint.disconnect(self._on_paint)
-        self.labels.events.labels_update.disconnect(self._on_labels_written)
+        self._follow(False)
 
     def relink(self) -> None:
         """Follow edits again, after bringing the boxes in step with the labels."""
         if self.linked:
             return
         self.linked = True
-        self.boxes.events.data.connect(self._on_boxes_changed)
-        self.labels.events.paint.connect(self._on_paint)
-        self.labels.events.labels_update.connect(self._on_labels_written)
+        self._follow(True)
         self.resync()
+
+    def _follow(self, on: bool) -> None:
+        """Connect to (or disconnect from) the two layers' edit events."""
+        # napari emits "paint" before it writes the pixels, "labels_update" after
+        pairs = (
+            (self.boxes.events.data, self._on_boxes_changed),
+            (self.labels.events.paint, self._on_paint),
+            (self.labels.events.labels_update, self._on_labels_written),
+        )
+        for emitter, handler in pairs:
+            emitter.connect(handler) if on else emitter.disconnect(handler)
 
     @property
     def stack_ndim(self) -> int:
@@ -92,7 +96,7 @@ class LinkedResultLayers:
             return
         action = str(event.action)
         if action.endswith("removing"):
-            self._removing = [self._row_key(i) for i in event.data_indices]
+            self._removing = self._row_keys(event.data_indices)
         elif action.endswith("removed"):
             removed, self._removing = self._removing, []
             self._rows = len(self.boxes.data)
@@ -117,17 +121,20 @@ class LinkedResultLayers:
             rows = [i for i in event.data_indices if 0 <= i < self._rows]
             self._segment_rows(rows, again=True)
 
+    def _row_keys(self, rows) -> list[tuple[tuple, int]]:
+        """(plane, label id) of Shapes rows (napari builds ``data`` on each access)."""
+        data, ids = self.boxes.data, self.boxes.features["label_id"].to_numpy()
+        return [(plane_index(data[r], self.stack_ndim), int(ids[r])) for r in rows]
+
     def _row_key(self, row: int) -> tuple[tuple, int]:
-        return (
-            plane_index(self.boxes.data[row], self.stack_ndim),
-            int(self.boxes.features["label_id"].iloc[row]),
-        )
+        return self._row_keys([row])[0]
 
     def _segment_rows(self, rows: list[int], again: bool = False) -> None:
-        jobs = []
-        for row in rows:
-            plane, label_id = self._row_key(row)
-            jobs.append((plane, label_id, vertices_box(self.boxes.data[row])))
+        data = self.boxes.data
+        jobs = [
+            (plane, label_id, vertices_box(data[row]))
+            for row, (plane, label_id) in zip(rows, self._row_keys(rows))
+        ]
         if not jobs:
             return
         self.pending += len(jobs)
@@ -157,7 +164,7 @@ class LinkedResultLayers:
 
     def _apply_segments(self, results, again: bool) -> None:
         """Paint the objects found (on the main thread) and snap their boxes."""
-        empty = []
+        empty, found_values = [], {}
         for plane, label_id, found in results:
             if again:
                 self._erase(plane, label_id)
@@ -171,15 +178,14 @@ class LinkedResultLayers:
                 continue
             index = (*(np.full(int(free.sum()), p) for p in plane), ys[free], xs[free])
             self._set_labels(index, label_id)
-            features = {"class_name": found.class_name, "score": found.score}
-            self._write_features(label_id, features)
-            self._write_box_features((plane, label_id), features)
+            found_values[label_id] = {"class_name": found.class_name, "score": found.score}
+            self._write_box_features((plane, label_id), found_values[label_id])
         if empty:
             self._remove_boxes(empty)
             self._forget([label_id for _, label_id in empty])
             noun = "box" if len(empty) == 1 else "boxes"
             self.message(f"No object found in {len(empty)} {noun}; removed.")
-        self.resync([(plane, label_id) for plane, label_id, _ in results])
+        self.resync([(plane, label_id) for plane, label_id, _ in results], found_values)
 
     # --- labels -> boxes ----------------------------------------------------------------
     def _on_paint(self, event) -> None:
@@ -203,9 +209,10 @@ class LinkedResultLayers:
             touched, self._touched = self._touched, set()
             self.resync(sorted(touched))
 
-    def resync(self, objects=None) -> None:
+    def resync(self, objects=None, values: dict | None = None) -> None:
         """Boxes and features follow the labels for ``objects`` ((plane, id)
-        pairs), or for every object (after undo or redo)."""
+        pairs), or for every object (after undo or redo); ``values`` adds
+        features columns per label id (e.g. a painted object's class and score)."""
         stack_ndim = self.stack_ndim
         ids = self.boxes.features["label_id"].to_numpy().astype(np.int64)
         data = self.boxes.data  # napari builds this list on every access
@@ -236,7 +243,7 @@ class LinkedResultLayers:
         present = {label_id for _, label_id in boxes_of_objects(self.labels.data)}
         self._drop_features({label_id for _, label_id in targets} - present)
         for label_id in sorted({label_id for _, label_id in targets} & present):
-            self._write_features(label_id, {})
+            self._write_features(label_id, (values or {}).get(label_id, {}))
         self._rows = len(self.boxes.data)
 
     def rename(self, mapping: dict[int, int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._common import stack_axes
 from .linked_layers import LinkedResultLayers
 
 # the link of each linked Labels layer (by id), for the curation tools and re-runs
@@ -45,17 +46,15 @@ def link_result(viewer, labels, boxes, source, channel_axis, offset, options, me
     if old is not None:
         old.unlink()
     data = source.data if not source.multiscale else source.data[0]
-    stack_axes = [a for a in range(data.ndim) if a != channel_axis][
-        : data.ndim - 2 - (channel_axis is not None)
-    ]
+    axes = stack_axes(data.ndim, channel_axis)
     plane_channel_axis = None
     if channel_axis is not None:
-        plane_channel_axis = channel_axis - sum(a < channel_axis for a in stack_axes)
-    model_options = {k: options[k] for k in ("model", "device", "mask_threshold") if k in options}
+        plane_channel_axis = channel_axis - sum(a < channel_axis for a in axes)
+    box_options = {k: options[k] for k in ("device", "mask_threshold") if k in options}
 
     def image_plane(plane):
         index = [slice(None)] * data.ndim
-        for axis, at, shift in zip(stack_axes, plane, offset or (0,) * len(plane)):
+        for axis, at, shift in zip(axes, plane, offset or (0,) * len(plane)):
             index[axis] = at + shift
         return np.asarray(data[tuple(index)])
 
@@ -64,9 +63,8 @@ def link_result(viewer, labels, boxes, source, channel_axis, offset, options, me
 
         image = image_plane(plane)
         return segment_in_boxes(
-            image, options["model"], [box], channel_axis=plane_channel_axis,
-            **{k: v for k, v in model_options.items() if k != "model"},
-        )[0]  # fmt: skip
+            image, options["model"], [box], channel_axis=plane_channel_axis, **box_options
+        )[0]
 
     def intensity():
         return None if offset or data.size > 64e6 or plane_channel_axis is not None else data

@@ -40,10 +40,10 @@ from ._common import (
     device_picker,
     error_message,
     import_torch,
+    layer_stack_axes,
     link_picker,
     parse_diameter,
     sizing_controls,
-    stack_axes,
     wrapping_label,
 )
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
@@ -171,7 +171,7 @@ class SegmentationWidget(Container):
             self.link.enabled = False
             return
         channel_axis = self._selected_channel_axis(layer)
-        one_axis = len(stack_axes(layer, channel_axis)) == 1
+        one_axis = len(layer_stack_axes(layer, channel_axis)) == 1
         self.link.enabled = one_axis and self.scope.value == WHOLE_STACK
         if new_axes:
             self.link.value = default_link(layer, channel_axis)

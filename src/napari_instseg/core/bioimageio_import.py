@@ -100,9 +100,10 @@ def ours(descr) -> dict | None:
     return metadata if isinstance(metadata, dict) and "architecture" in metadata else None
 
 
-def state_and_metadata(source) -> tuple[dict, dict]:
-    """(state dict, metadata) of one of our own packages, without unpickling."""
-    descr = describe(source)
+def state_and_metadata(source, descr=None) -> tuple[dict, dict]:
+    """(state dict, metadata) of one of our own packages, without unpickling
+    (``descr``: its description when the caller has read it already)."""
+    descr = describe(source) if descr is None else descr
     metadata = ours(descr)
     if metadata is None or descr.weights.pytorch_state_dict is None:
         raise ModelError(f"{Path(source).name}: not a napari-instseg package")

@@ -147,7 +147,7 @@ def _load_package(path, target) -> LoadedModel:
         raise ModelError(f"{path}: no such bioimage.io package")
     descr = describe(path)
     if ours(descr) is not None:
-        return _load(*state_and_metadata(path), target)
+        return _load(*state_and_metadata(path, descr), target)
     return load_foreign(path, descr, target)
 
 

@@ -209,3 +209,13 @@ def test_linking_a_long_movie_streams_without_copying_it():
     tracemalloc.stop()
     assert linked.metadata["link"]["objects"] == 3
     assert peak < 10 * frame_bytes, f"peak {peak / frame_bytes:.1f} frames"
+
+
+def test_object_table_counts_a_linked_objects_area_per_slice():
+    from napari_instseg.core.export import object_table
+
+    slices = [_discs((30, 30), [(15, 15)], [r]) for r in (3, 5, 3)]
+    linked = link_stack(_stack(slices), "z")
+    table = object_table(linked)
+    assert list(table["label_id"]) == [1, 1, 1]
+    assert list(table["area"]) == [int((s > 0).sum()) for s in slices]

@@ -227,10 +227,10 @@ def object_table(result: InstanceResult, intensity: np.ndarray | None = None) ->
     from scipy import ndimage
 
     ids = result.label_ids.astype(np.int64)
-    if result.stack_index is None:
+    if len(np.unique(ids)) == len(ids):  # one row per id: count each id once
         areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
         areas = areas[ids] if len(ids) else np.zeros(0, np.int64)
-    else:  # per slice: a linked object has one row per slice under one id
+    else:  # a linked object has one row per slice under one id: count per slice
         areas = row_measurements(result)[0]
     boxes = np.asarray(result.boxes).reshape(-1, 4).astype(np.int64)
     table = {} if result.stack_index is None else {"stack_index": result.stack_index}

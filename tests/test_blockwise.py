@@ -10,9 +10,13 @@ import pytest
 
 from conftest import disc_image
 from napari_instseg._sample_data import load_sample
+from napari_instseg.core.block_painting import BlockObject, keep_objects, paint_regions
 from napari_instseg.core.blockwise import plan_blocks, segment_blockwise
 from napari_instseg.core.metrics import iou_matrix
+from napari_instseg.core.postprocess import boxes_from_labels
 from napari_instseg.core.predict import segment_semantic
+from napari_instseg.core.tiling import fitted_tile_grid, window_tile_grid
+from napari_instseg.core.types import InputError
 
 
 def _one_to_one(a, b) -> tuple[float, float]:
@@ -28,6 +32,75 @@ def test_blocks_cover_the_image_once():
         owned[y0:y1, x0:x1] += 1
         assert block.read[0] == max(0, y0 - 20) and block.read[3] == min(200, x1 + 20)
     assert (owned == 1).all()
+
+
+def test_aligned_read_windows_are_whole_tiles_of_the_whole_image():
+    tile, overlap = 96, 16
+    whole = fitted_tile_grid(700, 500, tile, overlap)
+    for block in plan_blocks(700, 500, 160, 24, (tile, overlap)):
+        y0, x0, y1, x1 = block.core
+        ry0, rx0, ry1, rx1 = block.read
+        assert ry0 <= max(0, y0 - 24) and rx0 <= max(0, x0 - 24)
+        assert ry1 >= min(700, y1 + 24) and rx1 >= min(500, x1 + 24)
+        grid = window_tile_grid((700, 500), (ry0, rx0), (ry1 - ry0, rx1 - rx0), tile, overlap)
+        windows = {(t.y0 + ry0, t.x0 + rx0, t.y1 + ry0, t.x1 + rx0) for t in grid}
+        inside = {
+            (t.y0, t.x0, t.y1, t.x1)
+            for t in whole
+            if t.y0 >= ry0 and t.y1 <= ry1 and t.x0 >= rx0 and t.x1 <= rx1
+        }
+        assert windows == inside  # the whole image's tiles, nothing else
+
+
+def test_a_window_off_the_tile_grid_gets_its_own_tiles():
+    grid = window_tile_grid((700, 500), (7, 0), (300, 500), 96, 16)
+    assert grid == fitted_tile_grid(300, 500, 96, 16)
+
+
+def test_blocks_predict_exactly_as_the_whole_image():
+    """Shared intensity range and the whole image's tiles: every object of
+    the block-wise result is pixel for pixel the single-process one."""
+    image = load_sample("nuclei")
+    single = segment_semantic(image, "nuclei-unet", tile_size=128).instances
+    blocks = segment_blockwise(image, "nuclei-unet", block_size=160, halo=48, tile_size=128)
+    iou = iou_matrix(single.labels, blocks.labels)
+    assert len(blocks) == len(single) > 50
+    assert (iou.max(1) > 0.999).all() and (iou.max(0) > 0.999).all()
+
+
+def test_painting_region_by_region_equals_painting_at_once():
+    rng = np.random.default_rng(3)
+    objects = [
+        BlockObject(int(y), int(x), rng.random((h, w)) > 0.3, float(s), 1)
+        for y, x, h, w, s in zip(
+            rng.integers(0, 180, 60), rng.integers(0, 230, 60), rng.integers(3, 20, 60),
+            rng.integers(3, 20, 60), rng.random(60),
+        )
+    ]  # fmt: skip
+    kept = keep_objects(objects)
+    assert 0 < len(kept) < len(objects)  # overlapping ones were dropped
+    whole, boxes, areas = paint_regions((200, 250), kept, [(0, 0, 200, 250)])
+    regions = [(y, x, min(200, y + 64), min(250, x + 64)) for y in range(0, 200, 64)
+               for x in range(0, 250, 64)]  # fmt: skip
+    stored = {}
+
+    def make_labels(shape, dtype):
+        stored["array"] = np.full(shape, 7, dtype)  # stands for a zarr array: every pixel set
+        return stored["array"]
+
+    parts, boxes2, areas2 = paint_regions((200, 250), kept, regions, make_labels)
+    assert parts is stored["array"]
+    np.testing.assert_array_equal(parts, whole)
+    np.testing.assert_array_equal(boxes, boxes2)
+    np.testing.assert_array_equal(boxes, boxes_from_labels(whole, np.arange(1, len(kept) + 1)))
+    np.testing.assert_array_equal(areas, np.bincount(whole.ravel(), minlength=len(kept) + 1)[1:])
+
+
+def test_block_wise_refuses_what_changes_scale_or_axes():
+    with pytest.raises(InputError, match="diameter"):
+        segment_blockwise(IMAGE, "nuclei-unet", diameter=20)
+    with pytest.raises(InputError, match="link"):
+        segment_blockwise(IMAGE, "nuclei-unet", link="z")
 
 
 def test_objects_on_every_block_edge_get_one_id_each(oracle_unet):
@@ -105,3 +178,34 @@ def test_cluster_mode_runs_a_folder_as_one_task_per_file(tmp_path, capsys):
             np.roll(IMAGE[:128, :128], 16 * k, axis=1), "nuclei-unet"
         ).instances.labels
         np.testing.assert_array_equal(labels, expected)
+
+
+def test_a_zarr_input_on_a_cluster_writes_its_labels_block_by_block(client, tmp_path, capsys):
+    import csv
+
+    import zarr
+
+    from napari_instseg.cli import main
+
+    source = tmp_path / "big.zarr"
+    zarr.create_array(str(source), shape=IMAGE.shape, chunks=(128, 128), dtype=IMAGE.dtype)[:] = (
+        IMAGE
+    )
+    out = tmp_path / "out"
+    address = client.scheduler.address
+    args = ["predict", str(source), "--scheduler", address, "--block-size", "128", "-o", str(out)]
+    assert main(args) == 0
+    labels = zarr.open_group(str(out / "big_labels.zarr"), mode="r")["0"][:]
+    assert not (out / "big_labels.zarr.partial").exists()
+    expected = segment_blockwise(IMAGE, "nuclei-unet", block_size=128)
+    np.testing.assert_array_equal(labels, expected.labels)
+    with open(out / "big_boxes.csv") as f:
+        rows = list(csv.DictReader(f))
+    boxes = [[int(r[k]) for k in ("y_min", "x_min", "y_max", "x_max")] for r in rows]
+    np.testing.assert_array_equal(boxes, expected.boxes)
+    assert len(rows) == labels.max() == len(expected)
+
+    capsys.readouterr()
+    assert main([*args[:-2], "--diameter", "20", "-o", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert "do not take --diameter" in err and "Traceback" not in err

@@ -79,10 +79,13 @@ def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
 
 def _write_predictions(stem: str, outdir: Path, instances, semantic=None, zarr_axes=None) -> None:
     """Labels (and classes) as TIFF, or as OME-Zarr label images when
-    ``zarr_axes`` is (axes, scale) (None, None: unknown), then the tables."""
+    ``zarr_axes`` is (axes, scale) (None, None: unknown; "written": already
+    written block by block), then the tables."""
     import tifffile
 
-    if zarr_axes is not None:
+    if zarr_axes == "written":  # by the block-wise run itself
+        pass
+    elif zarr_axes is not None:
         from ..core.zarr_io import write_label_image
 
         write_label_image(outdir / f"{stem}_labels.zarr", instances.labels, *zarr_axes)
@@ -221,7 +224,14 @@ def cmd_predict(args) -> int:
 
                         if client is not None:
                             semantic = None
-                            instances = segment_on_cluster(client, path, image, args, report)
+                            # labels written block by block, never held whole
+                            labels_to = None
+                            if zarr_axes is not None:
+                                labels_to = (outdir / f"{path.stem}_labels.zarr", *zarr_axes)
+                            instances = segment_on_cluster(
+                                client, path, image, args, report, labels_to
+                            )
+                            zarr_axes = "written" if labels_to else zarr_axes
                         else:
                             options = engine_options(args, channel_axis)
                             instances, semantic = predict.segment(

@@ -6,10 +6,14 @@ around it (by the ordinary engine, tiles and all). A block keeps the objects
 whose centre lies in its core, whole, halo included: with a halo wider than
 the largest object, each object is kept by exactly the one block that sees
 it whole (the engine's own rule for tiles, one level up). Blocks return their
-objects as small crops; the caller paints them into one label image, highest
-score first and only onto background, so the rare object kept by two blocks
-(its centre moved across a core edge between their two views) is painted
-once. Ids are global from the start.
+objects as small crops, painted into one label image by
+``core.block_painting`` (highest score first, onto background only, region
+by region, so the label image can be a zarr array on disk). Ids are global.
+
+So that blocks predict as the whole image would, every block is normalised
+with the whole image's intensity range and its window is widened to whole
+tiles of the whole image's tile grid, which it is then tiled with
+(``part_of``): the same tiles, the same network outputs, the same blends.
 
 Tasks are pure functions of (image source, block, model, options): dask
 retries a block whose worker died, and the result does not change.
@@ -22,45 +26,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .postprocess import smallest_label_dtype
+from .block_painting import BlockObject, keep_objects, paint_regions
+from .tiling import aligned_span
 from .types import InputError, Progress
 
 DEFAULT_BLOCK = 2048
 # the halo must exceed the largest object; nuclei in these images are < 100 px
 DEFAULT_HALO = 128
-DUPLICATE_SHARE = 0.5  # an object whose free pixels fall below this share is a duplicate
 
 
 @dataclass(frozen=True)
 class Block:
     core: tuple[int, int, int, int]  # y0, x0, y1, x1 of the pixels this block owns
-    read: tuple[int, int, int, int]  # the core grown by the halo, clipped to the image
+    read: tuple[int, int, int, int]  # the core grown by the halo (and to whole tiles)
+    image_shape: tuple[int, int] = (0, 0)  # of the whole image
 
 
-@dataclass
-class BlockObject:
-    y0: int
-    x0: int
-    mask: np.ndarray  # bool crop at (y0, x0) in image pixels
-    score: float
-    class_id: int
-
-
-def plan_blocks(height: int, width: int, block: int, halo: int) -> list[Block]:
-    """Blocks of at most ``block`` px a side covering the image, with halos."""
+def plan_blocks(
+    height: int, width: int, block: int, halo: int, tiling: tuple[int, int] | None = None
+) -> list[Block]:
+    """Blocks of at most ``block`` px a side covering the image, with halos;
+    with ``tiling`` (the engine's tile size and overlap) each read window is
+    widened to whole tiles of the whole image's grid."""
     if block < 64 or halo < 0:
         raise InputError(f"block size {block} (at least 64) or halo {halo} (0 or more) is wrong")
+
+    def span(start, stop, length):
+        start, stop = max(0, start - halo), min(length, stop + halo)
+        return aligned_span(start, stop, length, *tiling) if tiling else (start, stop)
+
     blocks = []
     for y0 in range(0, height, block):
         for x0 in range(0, width, block):
             y1, x1 = min(height, y0 + block), min(width, x0 + block)
-            read = (
-                max(0, y0 - halo),
-                max(0, x0 - halo),
-                min(height, y1 + halo),
-                min(width, x1 + halo),
-            )
-            blocks.append(Block((y0, x0, y1, x1), read))
+            (ry0, ry1), (rx0, rx1) = span(y0, y1, height), span(x0, x1, width)
+            blocks.append(Block((y0, x0, y1, x1), (ry0, rx0, ry1, rx1), (height, width)))
     return blocks
 
 
@@ -73,7 +73,7 @@ def segment_block(source, block: Block, model, options: dict) -> list[BlockObjec
     ry0, rx0, ry1, rx1 = block.read
     window = np.asarray(image[ry0:ry1, rx0:rx1])
     loaded = _model(model, options.get("device", "auto"))
-    result, _ = segment(window, loaded, **options)
+    result, _ = segment(window, loaded, part_of=(block.image_shape, (ry0, rx0)), **options)
     cy0, cx0, cy1, cx1 = block.core
     found = []
     for row, box in enumerate(result.boxes.astype(int)):
@@ -111,21 +111,21 @@ def _model(model, device):
 
 
 def paint_objects(shape: tuple[int, int], objects: Iterable[BlockObject]):
-    """(labels, scores, class ids): objects painted highest score first onto
-    background; an object left with under half its pixels is a duplicate."""
-    objects = sorted(objects, key=lambda o: -o.score)
-    labels = np.zeros(shape, smallest_label_dtype(len(objects)))
-    scores, classes = [], []
-    for obj in objects:
-        h, w = obj.mask.shape
-        region = labels[obj.y0 : obj.y0 + h, obj.x0 : obj.x0 + w]
-        free = obj.mask & (region == 0)
-        if free.sum() < DUPLICATE_SHARE * obj.mask.sum():
-            continue
-        scores.append(obj.score)
-        classes.append(obj.class_id)
-        region[free] = len(scores)
-    return labels, np.array(scores, np.float32), np.array(classes, np.int64)
+    """(labels, scores, class ids) of objects painted into one label image in
+    memory, highest score first onto background; duplicates dropped."""
+    kept = keep_objects(objects)
+    labels, _, _ = paint_regions(shape, kept, [(0, 0, *shape)])
+    scores = np.array([o.score for o in kept], np.float32)
+    return labels, scores, np.array([o.class_id for o in kept], np.int64)
+
+
+def whole_image_range(image, info) -> tuple[list[float], list[float]]:
+    """The intensity range the engine gives the whole image (its strided
+    percentiles), for every block to share."""
+    from .reading import NormalisedSlice, SliceReader
+
+    work = NormalisedSlice(SliceReader(image, (), None), info)
+    return work.lows.tolist(), work.highs.tolist()
 
 
 def segment_blockwise(
@@ -137,22 +137,36 @@ def segment_blockwise(
     halo: int = DEFAULT_HALO,
     progress: Callable[[Progress], None] | None = None,
     task_source=None,
+    make_labels: Callable[[tuple[int, int], np.dtype], object] | None = None,
     **options,
 ):
     """An ``InstanceResult`` of a large 2D image (an array, or a zarr path
     that each worker opens itself), block by block: on ``client`` (a
     dask.distributed Client) when given, else in this process.
     ``task_source`` is what the tasks get instead of ``source`` (e.g. the
-    image scattered to the workers once). Options as for the engine."""
-    from .postprocess import boxes_from_labels
+    image scattered to the workers once). ``make_labels(shape, dtype)``
+    gives the array the labels are written into, region by region (e.g. a
+    zarr array; default: one in memory). Options as for the engine, except
+    those that change the image's scale or axes (diameter, rescale,
+    channel_axis, link), which block-wise runs do not take."""
+    from . import options as engine_options
     from .types import InstanceResult
 
+    refused = [k for k in ("diameter", "channel_axis", "link") if options.get(k) is not None]
+    refused += ["rescale"] if options.get("rescale", 1.0) != 1.0 else []
+    if refused:
+        raise InputError(f"block-wise segmentation does not take {', '.join(refused)}")
     image = _open(source)
     if image.ndim != 2:
         raise InputError(f"block-wise segmentation takes one 2D gray image, not {image.shape}")
     height, width = (int(s) for s in image.shape)
-    blocks = plan_blocks(height, width, block_size, halo)
     loaded = _model(model, options.get("device", "auto"))
+    tiling = engine_options.tiling(
+        loaded.info.task, options.get("tile_size"), options.get("overlap"), loaded.info.tile_size
+    )
+    blocks = plan_blocks(height, width, block_size, halo, tiling)
+    if options.get("intensity_range") is None:
+        options["intensity_range"] = whole_image_range(image, loaded.info)
     model_ref = model if isinstance(model, str) or hasattr(model, "__fspath__") else loaded
     objects: list[BlockObject] = []
     task_source = source if task_source is None else task_source
@@ -160,18 +174,24 @@ def segment_blockwise(
         objects.extend(found)
         if progress is not None:
             progress(Progress(done, len(blocks), "segmenting blocks"))
-    labels, scores, classes = paint_objects((height, width), objects)
-    ids = np.arange(1, len(scores) + 1, dtype=np.int64)
+    kept = keep_objects(objects)
+    del objects
+    labels, boxes, areas = paint_regions(
+        (height, width), kept, [b.core for b in blocks], make_labels,
+        None if progress is None else lambda d, n: progress(Progress(d, n, "writing labels")),
+    )  # fmt: skip
+    class_names = list(loaded.info.class_names)
+    if loaded.info.task == "semantic":
+        class_names = ["background", loaded.info.postprocess.get("instance_class", "nucleus")]
     return InstanceResult(
         labels=labels,
-        label_ids=ids,
-        boxes=boxes_from_labels(labels, ids),
-        scores=scores,
-        class_ids=classes,
-        class_names=list(loaded.info.class_names)
-        if loaded.info.task != "semantic"
-        else ["background", loaded.info.postprocess.get("instance_class", "nucleus")],
+        label_ids=np.arange(1, len(kept) + 1, dtype=np.int64),
+        boxes=boxes,
+        scores=np.array([o.score for o in kept], np.float32),
+        class_ids=np.array([o.class_id for o in kept], np.int64),
+        class_names=class_names,
         metadata={"blocks": len(blocks), "block_size": block_size, "halo": halo},
+        areas=areas,
     )
 
 

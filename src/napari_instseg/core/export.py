@@ -227,7 +227,9 @@ def object_table(result: InstanceResult, intensity: np.ndarray | None = None) ->
     from scipy import ndimage
 
     ids = result.label_ids.astype(np.int64)
-    if len(np.unique(ids)) == len(ids):  # one row per id: count each id once
+    if result.areas is not None:
+        areas = np.asarray(result.areas, np.int64)
+    elif len(np.unique(ids)) == len(ids):  # one row per id: count each id once
         areas = np.bincount(result.labels.ravel(), minlength=int(ids.max()) + 1 if len(ids) else 1)
         areas = areas[ids] if len(ids) else np.zeros(0, np.int64)
     else:  # a linked object has one row per slice under one id: count per slice

@@ -32,7 +32,6 @@ from .reading import (
     to_tensor,
 )
 from .semantic_engine import check_task
-from .tiling import fitted_tile_grid
 from .types import InputError, InstanceResult, Progress
 
 
@@ -51,6 +50,8 @@ def iter_segment_instances(
     mask_threshold: float | None = None,
     link: str | None = None,
     link_threshold: float | None = None,
+    intensity_range: tuple | None = None,
+    part_of: tuple | None = None,
 ) -> Generator[Progress, None, InstanceResult]:
     """Generator form of ``segment_instances`` (options: ``core.options``)."""
     loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
@@ -68,7 +69,7 @@ def iter_segment_instances(
         spatial = reader.shape
 
         def run(scale, again, reader=reader):
-            work = NormalisedSlice(reader, loaded.info, scale)
+            work = NormalisedSlice(reader, loaded.info, scale, intensity_range, part_of)
             detections = yield from _detect_in_slice(
                 work, loaded, *settings, counter, len(indices), again
             )
@@ -133,13 +134,13 @@ def _detect_in_slice(
     again: bool = False,
 ) -> Generator[Progress, None, Detections]:
     """Detections of one slice (at the rescaled size), tile by tile."""
-    tiles = len(fitted_tile_grid(*work.shape, tile_size, overlap))
+    tiles = len(work.tile_grid(tile_size, overlap))
     counter.add(tiles) if again else counter.announce(tiles * slices)
 
     def run_slice(model, tile, overlap):
         return _detections(work, model, tile, overlap, score_threshold, augment)
 
-    steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
+    steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.tile_grid)
     return (yield from counter.run(steps, "detecting in tiles"))
 
 
@@ -152,7 +153,7 @@ def _detections(
     augment: bool = False,
 ) -> Generator[None, None, Detections]:
     height, width = work.shape
-    tiles = fitted_tile_grid(height, width, tile_size, overlap)
+    tiles = work.tile_grid(tile_size, overlap)
     boxes, scores, classes, masks = [], [], [], []
     for batch_tiles, arrays in work.batches(tiles, loaded.device):
         x = to_tensor(arrays, loaded.device, 1)

@@ -15,7 +15,6 @@ import warnings
 
 import torch
 
-from .tiling import fitted_tile_grid
 from .types import Progress
 
 MIN_TILE_SIZE = 128
@@ -56,17 +55,18 @@ class Retry(int):
     change in the number of tile steps announced for it."""
 
 
-def with_memory_fallback(run_slice, loaded, tile_size: int, overlap: int, shape):
+def with_memory_fallback(run_slice, loaded, tile_size: int, overlap: int, grid):
     """Run one slice; on out-of-memory retry with half-size tiles, and when
     even the smallest tiles do not fit on the GPU, continue on a CPU copy of
     the model (the caller's model stays where it is).
 
-    ``run_slice(loaded, tile_size, overlap)`` makes the slice's generator.
+    ``run_slice(loaded, tile_size, overlap)`` makes the slice's generator;
+    ``grid(tile_size, overlap)`` gives its tiles (to count them).
     Yields None per tile, or a ``Retry`` when it restarts the slice, and
     returns the slice's result.
     """
     original = tile_size, overlap
-    announced = len(fitted_tile_grid(*shape, tile_size, overlap))
+    announced = len(grid(tile_size, overlap))
     while True:
         done = 0
         try:
@@ -98,7 +98,7 @@ def with_memory_fallback(run_slice, loaded, tile_size: int, overlap: int, shape)
                     "or use a smaller image"
                 ) from None
             # the tiles already done stay counted; the rest are replaced by the new grid
-            new = len(fitted_tile_grid(*shape, tile_size, overlap))
+            new = len(grid(tile_size, overlap))
             yield Retry(new - (announced - done))
             announced = new
 

@@ -18,6 +18,13 @@ Options shared by ``segment_semantic`` and ``segment_instances`` (keyword only):
   ``rescale``. The diameter and rescale used are in ``result.metadata``.
 - ``augment``: test-time augmentation: average the network's output over the
   8 flips and 90 degree rotations of each tile (about 8x the network time).
+- ``intensity_range``: (low, high), numbers or one per model channel: the
+  input values mapped to 0 and 1 in every slice (default: each slice's own
+  percentiles, the model's normalisation). Fixes brightness across the
+  frames of a bleaching time-lapse, or across the blocks of one large image.
+- ``part_of``: ((H, W), (y0, x0)): the image is the window at (y0, x0) of an
+  image of shape (H, W) and is tiled with that image's tiles where they fit,
+  so a block predicts as the whole image would there (``core.blockwise``).
 
 - ``link``: None, "z" or "t": after slice-by-slice segmentation of a stack
   with one stack axis, join overlapping instances of adjacent slices into 3D

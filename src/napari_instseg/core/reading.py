@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from .devices import inference_batch_size
 from .normalize import apply_range, as_model_channels, percentile_range, statistics_strides
-from .tiling import Tile
+from .tiling import Tile, fitted_tile_grid, window_tile_grid
 from .types import InputError
 
 
@@ -132,21 +132,37 @@ def stack_indices(stack_shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
 
 class NormalisedSlice:
     """One slice as the network sees it: percentile range from a strided
-    sample of the whole slice (so every tile is normalised alike), resized in
-    memory when ``rescale`` != 1, with the model's channel count."""
+    sample of the whole slice (so every tile is normalised alike) unless
+    ``intensity_range`` gives it, resized in memory when ``rescale`` != 1,
+    with the model's channel count. ``part_of`` ((H, W), (y0, x0)) says the
+    slice is that window of a larger image, to be tiled as that image is."""
 
-    def __init__(self, reader: SliceReader, info, rescale: float = 1.0):
+    def __init__(
+        self, reader: SliceReader, info, rescale: float = 1.0, intensity_range=None, part_of=None
+    ):
         self.in_channels = info.in_channels
-        norm = info.normalization
-        sample = as_model_channels(reader.strided(), self.in_channels)
-        self.lows, self.highs = percentile_range(
-            sample, norm.get("low", 1.0), norm.get("high", 99.8)
-        )
+        if intensity_range is None:
+            norm = info.normalization
+            sample = as_model_channels(reader.strided(), self.in_channels)
+            self.lows, self.highs = percentile_range(
+                sample, norm.get("low", 1.0), norm.get("high", 99.8)
+            )
+        else:
+            self.lows, self.highs = checked_intensity_range(intensity_range, self.in_channels)
         self.reader = reader if rescale == 1.0 else _resized(reader, self.in_channels, rescale)
+        # tiles of the larger image mean nothing at another scale
+        self.part_of = part_of if rescale == 1.0 else None
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.reader.shape
+
+    def tile_grid(self, tile_size: int, overlap: int) -> list[Tile]:
+        """The tiles the engine runs on this slice."""
+        if self.part_of is None:
+            return fitted_tile_grid(*self.shape, tile_size, overlap)
+        full_shape, origin = self.part_of
+        return window_tile_grid(full_shape, origin, self.shape, tile_size, overlap)
 
     def tile(self, tile: Tile) -> np.ndarray:
         return self.window(slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
@@ -167,6 +183,22 @@ class NormalisedSlice:
                 by_shape.setdefault(array.shape, []).append((tile, array))
             for group in by_shape.values():
                 yield [t for t, _ in group], [a for _, a in group]
+
+
+def checked_intensity_range(intensity_range, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(lows, highs) float32 arrays of ``channels`` values from a (low, high)
+    pair of numbers or of per-channel sequences."""
+    try:
+        low, high = intensity_range
+        lows = np.broadcast_to(np.asarray(low, np.float32), (channels,)).copy()
+        highs = np.broadcast_to(np.asarray(high, np.float32), (channels,)).copy()
+    except (TypeError, ValueError):
+        raise InputError(
+            f"intensity range {intensity_range!r}: give (low, high), numbers or one per channel"
+        ) from None
+    if not (np.isfinite(lows).all() and np.isfinite(highs).all() and (highs > lows).all()):
+        raise InputError(f"intensity range {intensity_range!r}: high must be above low")
+    return lows, highs
 
 
 def _resized(reader: SliceReader, in_channels: int, rescale: float) -> ArrayReader:

@@ -37,7 +37,7 @@ from .reading import (
     stack_indices,
     to_tensor,
 )
-from .tiling import Tile, blend_window, fitted_tile_grid
+from .tiling import Tile, blend_window
 from .types import ModelError, Progress, SemanticResult
 
 MIN_MEASURED_SIZE = 4  # pixels: smaller specks say nothing about object size
@@ -64,6 +64,8 @@ def iter_segment_semantic(
     return_probabilities: bool | None = None,
     link: str | None = None,
     link_threshold: float | None = None,
+    intensity_range: tuple | None = None,
+    part_of: tuple | None = None,
 ) -> Generator[Progress, None, SemanticResult]:
     """Generator form of ``segment_semantic`` (options: ``core.options``)."""
     loaded = load_model(model, device)
@@ -85,6 +87,8 @@ def iter_segment_semantic(
         seed_threshold=rules["seed_threshold"],
         augment=augment,
         return_probabilities=return_probabilities,
+        intensity_range=intensity_range,
+        part_of=part_of,
     )
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
@@ -131,6 +135,8 @@ class _Settings:
     seed_threshold: float
     augment: bool
     return_probabilities: bool | None
+    intensity_range: tuple | None = None
+    part_of: tuple | None = None
 
 
 def _segment_slice(
@@ -145,8 +151,8 @@ def _segment_slice(
     """(classes, interior probability, probabilities, labels, labels to
     measure) of one slice predicted at ``scale``, at the slice's own size."""
     loaded, tile_size, overlap = settings.loaded, settings.tile_size, settings.overlap
-    work = NormalisedSlice(reader, loaded.info, scale)
-    tiles = len(fitted_tile_grid(*work.shape, tile_size, overlap))
+    work = NormalisedSlice(reader, loaded.info, scale, settings.intensity_range, settings.part_of)
+    tiles = len(work.tile_grid(tile_size, overlap))
     counter.add(tiles) if again else counter.announce(tiles * slices)
     height, width = reader.shape
     keep = settings.return_probabilities
@@ -157,7 +163,7 @@ def _segment_slice(
     def run_slice(model, tile, overlap):
         return _class_maps(work, model, tile, overlap, keep, settings.interior, settings.augment)
 
-    steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.shape)
+    steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.tile_grid)
     classes, interior_probability, probs = yield from counter.run(steps, "predicting tiles")
 
     def instances(min_size: int) -> np.ndarray:
@@ -202,7 +208,7 @@ def _class_maps(
     probabilities = np.zeros((n_classes, height, width), np.float32) if keep_probabilities else None
 
     rows: dict[int, list[Tile]] = {}
-    for tile in fitted_tile_grid(height, width, tile_size, overlap):
+    for tile in work.tile_grid(tile_size, overlap):
         rows.setdefault(tile.row, []).append(tile)
     row_starts = [rows[r][0].y0 for r in sorted(rows)] + [height]
     band_start = 0

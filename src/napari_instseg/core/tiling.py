@@ -86,3 +86,42 @@ def _grid(height: int, width: int, tile_h: int, tile_w: int, overlap: int) -> li
         for row, (y, oy) in enumerate(zip(ys, own_ys))
         for x, ox in zip(xs, own_xs)
     ]
+
+
+def window_tile_grid(
+    full_shape: tuple[int, int], origin: tuple[int, int], shape: tuple[int, int], tile: int,
+    overlap: int,
+) -> list[Tile]:  # fmt: skip
+    """The tiles of a window at ``origin`` of an image of ``full_shape``: the
+    whole image's own tiles that lie in the window, so the window is predicted
+    exactly as the whole image is there (block-wise prediction). A window
+    whose edges are not tile edges of the whole image gets its own grid."""
+    (height, width), (oy, ox), (h, w) = full_shape, origin, shape
+    th, tw = fitted_tile(height, tile, overlap), fitted_tile(width, tile, overlap)
+    ys = [s - oy for s in tile_starts(height, th, overlap) if oy <= s and s + th <= oy + h]
+    xs = [s - ox for s in tile_starts(width, tw, overlap) if ox <= s and s + tw <= ox + w]
+    if not (_covers(ys, th, h) and _covers(xs, tw, w)):
+        return fitted_tile_grid(h, w, tile, overlap)
+    own_ys, own_xs = ownership_bounds(ys, th, h), ownership_bounds(xs, tw, w)
+    return [
+        Tile(y, y + th, x, x + tw, oy_, ox_, row)
+        for row, (y, oy_) in enumerate(zip(ys, own_ys))
+        for x, ox_ in zip(xs, own_xs)
+    ]
+
+
+def _covers(starts: list[int], tile: int, length: int) -> bool:
+    """Whether tiles at ``starts`` cover [0, length) from edge to edge."""
+    if not starts or starts[0] != 0 or starts[-1] + tile != length:
+        return False
+    return all(b - a <= tile for a, b in zip(starts, starts[1:]))
+
+
+def aligned_span(start: int, stop: int, length: int, tile: int, overlap: int) -> tuple[int, int]:
+    """The smallest span of whole tiles of an axis of ``length`` (the
+    engine's fitted tiles) that contains [start, stop)."""
+    size = fitted_tile(length, tile, overlap)
+    starts = tile_starts(length, size, overlap)
+    lo = max([s for s in starts if s <= max(0, start)], default=0)
+    hi = min([s + size for s in starts if s + size >= min(length, stop)], default=length)
+    return lo, min(hi, length)

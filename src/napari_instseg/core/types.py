@@ -59,6 +59,9 @@ class InstanceResult:
     tracks: np.ndarray | None = None
     # how the result was made: e.g. the diameter and rescale factor used
     metadata: dict = field(default_factory=dict)
+    # pixels per row, when known without reading ``labels`` (block-wise
+    # results whose labels were written to disk region by region)
+    areas: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.label_ids)

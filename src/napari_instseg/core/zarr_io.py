@@ -9,6 +9,7 @@ half-written output is never mistaken for a finished one.
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def write_label_image(path, labels: np.ndarray, axes=None, scale=None) -> Path:
     """``labels`` as an OME-Zarr (NGFF 0.4) label image at ``path``: level
     "0" at full resolution, chunked, with the input's spatial axes and scale.
     Refuses to replace an existing path."""
+    with label_image_writer(path, labels.shape, labels.dtype, axes, scale) as array:
+        array[...] = labels
+    return Path(path)
+
+
+@contextmanager
+def label_image_writer(path, shape, dtype, axes=None, scale=None):
+    """The level-"0" zarr array of a new OME-Zarr label image at ``path``,
+    for the caller to fill (region by region, if it likes). It is written at
+    PATH.partial and renamed to ``path`` only when the block ends without
+    error, so a half-written output is never taken for a finished one."""
     import zarr
 
     path = Path(path)
@@ -121,13 +133,14 @@ def write_label_image(path, labels: np.ndarray, axes=None, scale=None) -> Path:
     partial = path.with_name(path.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)  # left by an interrupted run: never a finished output
-    axes = list(axes) if axes else _default_axes(labels.ndim)
-    scale = [float(s) for s in scale] if scale else [1.0] * labels.ndim
+    ndim = len(shape)
+    axes = list(axes) if axes else _default_axes(ndim)
+    scale = [float(s) for s in scale] if scale else [1.0] * ndim
     group = zarr.open_group(str(partial), mode="w", zarr_format=2)
-    chunks = (1,) * (labels.ndim - 2) + tuple(min(LABEL_CHUNK, s) for s in labels.shape[-2:])
-    dtype = labels.dtype if labels.dtype in (np.uint16, np.uint32) else np.uint32
-    array = group.create_array("0", shape=labels.shape, chunks=chunks, dtype=dtype, fill_value=0)
-    array[...] = labels
+    chunks = (1,) * (ndim - 2) + tuple(min(LABEL_CHUNK, s) for s in shape[-2:])
+    dtype = dtype if np.dtype(dtype) in (np.uint16, np.uint32) else np.uint32
+    array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+    yield array
     group.attrs.update(
         {
             "multiscales": [
@@ -147,7 +160,6 @@ def write_label_image(path, labels: np.ndarray, axes=None, scale=None) -> Path:
         }
     )
     partial.rename(path)
-    return path
 
 
 def _default_axes(ndim: int) -> list[str]:

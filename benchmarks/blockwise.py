@@ -104,21 +104,13 @@ def run_cluster(store, workers: int, model: str, block: int, kill: bool = False,
 
             threading.Thread(target=killer, daemon=True).start()
         start = time.perf_counter()
-        with contextlib.ExitStack() as stack:
-            make_labels = None
-            if labels_to is not None:
-                import shutil
+        if labels_to is not None:
+            import shutil
 
-                from napari_instseg.core.zarr_io import label_image_writer
-
-                shutil.rmtree(labels_to, ignore_errors=True)
-
-                def make_labels(shape, dtype):
-                    return stack.enter_context(label_image_writer(labels_to, shape, dtype))
-
-            result = segment_blockwise(
-                str(store), model, client=client, block_size=block, make_labels=make_labels
-            )
+            shutil.rmtree(labels_to, ignore_errors=True)
+        result = segment_blockwise(
+            str(store), model, client=client, block_size=block, labels_to=labels_to
+        )
         seconds = time.perf_counter() - start
         stop.set()
         print(f"# client peak memory {client_peak[0] / 2**30:.2f} GiB", flush=True)

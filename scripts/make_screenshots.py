@@ -1,7 +1,7 @@
 """Screenshots of the real napari window for the README and docs/usage.md.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py [--out docs/images]
-        [--only demo semantic evaluate train editing]
+        [--only demo semantic evaluate train editing zarr]
 
 Uses the bundled models (run after installing the weights).
 """
@@ -50,11 +50,13 @@ def main(argv=None) -> int:
         training(new_viewer, app, args.out)
     if "editing" in args.only:
         box_editing(new_viewer, app, args.out)
+    if "zarr" in args.only:
+        zarr_output(new_viewer, app, args.out)
     print(f"screenshots in {args.out}: {', '.join(args.only)} {widget_name}")
     return 0
 
 
-SHOTS = ("demo", "semantic", "evaluate", "train", "editing")
+SHOTS = ("demo", "semantic", "evaluate", "train", "editing", "zarr")
 
 
 def demo(new_viewer, app, out):
@@ -187,6 +189,35 @@ def box_editing(new_viewer, app, out):
     tools.split_button.clicked.emit()
     settle(app)
     viewer.screenshot(str(out / "curation-split.png"), canvas_only=False)
+    viewer.close()
+
+
+def zarr_output(new_viewer, app, out):
+    """A lazily opened zarr mosaic segmented block by block into a zarr file."""
+    import numpy as np
+    import zarr
+
+    from napari_instseg._sample_data import load_sample
+
+    nuclei = load_sample("nuclei")
+    tiles = [nuclei, nuclei[:, ::-1], nuclei[::-1], nuclei[::-1, ::-1]]
+    mosaic = np.block([[tiles[(r + c) % 4] for c in range(4)] for r in range(4)])
+    folder = Path(tempfile.mkdtemp())
+    lazy = zarr.create_array(str(folder / "mosaic.zarr"), shape=mosaic.shape,
+                             chunks=(512, 512), dtype=mosaic.dtype)  # fmt: skip
+    lazy[:] = mosaic
+    viewer = new_viewer()
+    viewer.add_image(lazy, name="mosaic")
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-instseg", "Semantic segmentation (U-Net)"
+    )
+    widget.zarr_output.enabled.value = True
+    widget.zarr_output.path.value = folder / "mosaic_labels.zarr"
+    widget.run(blocking=True)
+    viewer.layers["mosaic boxes (nuclei-unet)"].visible = False
+    viewer.camera.zoom = viewer.camera.zoom * 1.6
+    settle(app)
+    viewer.screenshot(str(out / "zarr-output.png"), canvas_only=False)
     viewer.close()
 
 

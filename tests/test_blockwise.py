@@ -96,11 +96,26 @@ def test_painting_region_by_region_equals_painting_at_once():
     np.testing.assert_array_equal(areas, np.bincount(whole.ravel(), minlength=len(kept) + 1)[1:])
 
 
+def test_a_stack_goes_slice_by_slice_with_ids_unique_through_it():
+    stack = np.stack([IMAGE, np.roll(IMAGE, 40, axis=1)])
+    result = segment_blockwise(stack, "nuclei-unet", block_size=128, tile_size=128)
+    single = segment_semantic(stack, "nuclei-unet", tile_size=128).instances
+    assert result.labels.shape == stack.shape and len(result) == len(single)
+    assert len(np.unique(result.labels)) - 1 == len(result)  # no id in two slices
+    for z in range(2):
+        rows = result.stack_index == z
+        assert set(np.unique(result.labels[z])) - {0} == set(result.label_ids[rows])
+        iou = iou_matrix(single.labels[z], result.labels[z])
+        assert (iou.max(1) > 0.999).all() and (iou.max(0) > 0.999).all()
+
+
 def test_block_wise_refuses_what_changes_scale_or_axes():
     with pytest.raises(InputError, match="diameter"):
         segment_blockwise(IMAGE, "nuclei-unet", diameter=20)
     with pytest.raises(InputError, match="link"):
         segment_blockwise(IMAGE, "nuclei-unet", link="z")
+    with pytest.raises(InputError, match="gray"):
+        segment_blockwise(np.stack([IMAGE] * 3, -1), "nuclei-unet")
 
 
 def test_objects_on_every_block_edge_get_one_id_each(oracle_unet):

@@ -124,7 +124,7 @@ def test_measurements_csv(tmp_path):
     write_measurements(path, [(truth, meta, "labels"), (image, {}, "image")])
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["label"] for r in rows] == ["1", "2"]
+    assert [r["label_id"] for r in rows] == ["1", "2"]
     assert float(rows[0]["mean_intensity"]) == pytest.approx(3.0)
     assert float(rows[0]["centroid_y"]) == pytest.approx(20, abs=0.01)
     assert rows[0]["class_name"] == "nucleus" and int(rows[0]["area"]) > 100

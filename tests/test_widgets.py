@@ -499,3 +499,33 @@ def test_time_lapse_linked_into_tracks_in_a_real_window(make_napari_viewer):
     assert centre["slices"] == 3 and centre["first"] == 0
     widget.scope.value = "current slice"
     assert not widget.link.enabled  # one slice has nothing to link
+
+
+def test_block_by_block_into_zarr_gives_a_labels_layer_on_disk(make_napari_viewer, tmp_path):
+    import zarr
+
+    from napari_instseg._sample_data import load_sample
+    from napari_instseg._widgets.segment import SemanticSegmentationWidget
+    from napari_instseg.core.blockwise import segment_blockwise
+
+    viewer = make_napari_viewer()
+    image = load_sample("nuclei")[:256, :320]
+    lazy = zarr.create_array(str(tmp_path / "image.zarr"), shape=image.shape, dtype=image.dtype)
+    lazy[:] = image
+    viewer.add_image(lazy, name="slide")
+    widget = SemanticSegmentationWidget(viewer)
+    widget.zarr_output.enabled.value = True
+    assert not widget.zarr_output.path.native.isHidden()  # shown once chosen
+    widget.zarr_output.path.value = tmp_path / "notzarr.tif"
+    assert widget.run(blocking=True) is None and "ending in .zarr" in widget.status.value
+    widget.zarr_output.path.value = tmp_path / "slide_labels.zarr"
+    labels, boxes = widget.run(blocking=True)  # instances only: no class map block-wise
+    assert not isinstance(labels.data, np.ndarray)  # the file, read lazily
+    expected = segment_blockwise(image, "nuclei-unet")
+    np.testing.assert_array_equal(np.asarray(labels.data), expected.labels)
+    assert len(boxes.data) == len(expected) > 10
+    on_disk = zarr.open_group(str(tmp_path / "slide_labels.zarr"), mode="r")
+    assert on_disk.attrs["multiscales"][0]["datasets"][0]["path"] == "0"
+    assert "slide_labels.zarr" in widget.status.value
+    widget.run(blocking=True)  # the file exists now: refused, nothing overwritten
+    assert "exists" in widget.status.value

@@ -1,7 +1,8 @@
-"""bioimage.io packages in the segmentation widgets' model list.
+"""Model files and bioimage.io packages in the segmentation widgets' model list.
 
-Our own packages load like checkpoints; someone else's package whose weights
-need its own architecture code runs only after the user confirms they trust it.
+Checkpoints are remembered for later sessions. Our own packages load like
+checkpoints; someone else's package whose weights need its own architecture
+code runs only after the user confirms they trust it.
 """
 
 from __future__ import annotations
@@ -67,3 +68,30 @@ def open_package(widget, path, confirm=confirm_trust) -> str | None:
     widget.model.reset_choices()
     widget.model.value = path
     return path
+
+
+def open_checkpoint(widget, path) -> str | None:
+    """Register a checkpoint file for ``widget``'s task (remembered for later
+    sessions) and select it; returns its model name, or None with the reason
+    in the widget's status."""
+    from ..core.models import checkpoint, user_settings
+    from ..core.models.architectures import ARCHITECTURES, SEMANTIC
+    from ..core.types import ModelError
+
+    try:
+        metadata = checkpoint.read_metadata(path)
+        record = ARCHITECTURES.get(metadata.get("architecture"))
+        if record is None or record.task != widget.task:
+            other = "Instance" if widget.task == SEMANTIC else "Semantic"
+            raise ModelError(
+                f"{Path(path).name} is a {metadata.get('architecture')} model; open it in "
+                f"the {other} segmentation widget"
+            )
+        name = user_settings.remember_checkpoint(path)
+    except ModelError as err:
+        widget._show_error(str(err))
+        widget.model.value = widget._default_model()
+        return None
+    widget.model.reset_choices()
+    widget.model.value = name
+    return name

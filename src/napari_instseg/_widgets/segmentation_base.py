@@ -15,9 +15,9 @@ put one layer per turn of the event loop.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
@@ -48,6 +48,7 @@ from ._common import (
 )
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
 from .result_links import link_result, unlink_layer
+from .zarr_output import ZarrOutputControls, blockwise_generator
 
 if TYPE_CHECKING:
     import napari
@@ -84,6 +85,7 @@ class SegmentationWidget(Container):
         self.link = link_picker()
         self.diameter, self.augment = sizing_controls()
         self.tile_size = SpinBox(label="Tile size (0 = auto)", min=0, max=8192, step=64, value=0)
+        self.zarr_output = ZarrOutputControls()
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
@@ -100,6 +102,7 @@ class SegmentationWidget(Container):
                 self.scope,
                 self.link,
                 self.tile_size,
+                *self.zarr_output.widgets,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -196,27 +199,9 @@ class SegmentationWidget(Container):
 
     def load_checkpoint(self, path) -> str | None:
         """Register a checkpoint file (remembered for later sessions) and select it."""
-        from ..core.models import checkpoint, user_settings
-        from ..core.models.architectures import ARCHITECTURES
-        from ..core.types import ModelError
+        from .packages import open_checkpoint
 
-        try:
-            metadata = checkpoint.read_metadata(path)
-            record = ARCHITECTURES.get(metadata.get("architecture"))
-            if record is None or record.task != self.task:
-                other = "Instance" if self.task == SEMANTIC else "Semantic"
-                raise ModelError(
-                    f"{Path(path).name} is a {metadata.get('architecture')} model; open it in "
-                    f"the {other} segmentation widget"
-                )
-            name = user_settings.remember_checkpoint(path)
-        except ModelError as err:
-            self._show_error(str(err))
-            self.model.value = self._default_model()
-            return None
-        self.model.reset_choices()
-        self.model.value = name
-        return name
+        return open_checkpoint(self, path)
 
     def _selected_channel_axis(self, layer) -> int | None:
         if layer.rgb:
@@ -251,9 +236,11 @@ class SegmentationWidget(Container):
             **self._engine_kwargs(),
         }
 
-    def _make_generator(self, data, channel_axis, kwargs):
+    def _make_generator(self, data, channel_axis, kwargs, zarr_target=None):
         from ..core import predict
 
+        if zarr_target is not None:
+            return blockwise_generator(data, kwargs, zarr_target)
         kwargs = {**kwargs, "channel_axis": channel_axis}
         if self.task == INSTANCE:
             return predict.iter_segment_instances(data, **kwargs)
@@ -269,6 +256,7 @@ class SegmentationWidget(Container):
         try:
             layer, data, channel_axis, offset = self._request()
             kwargs = self._options()
+            target = self.zarr_output.target(layer, channel_axis, kwargs)
         except UserError as err:
             self._show_error(str(err))
             return None
@@ -278,7 +266,8 @@ class SegmentationWidget(Container):
             from ..core.predict import drain
 
             try:
-                result = drain(self._make_generator(data, channel_axis, kwargs), self._on_progress)
+                generator = self._make_generator(data, channel_axis, kwargs, target)
+                result = drain(generator, self._on_progress)
             except Exception as err:
                 self._show_error(error_message(err))
                 raise
@@ -290,7 +279,7 @@ class SegmentationWidget(Container):
 
         def work():
             import_torch(self.task == INSTANCE)
-            result = yield from self._make_generator(data, channel_axis, kwargs)
+            result = yield from self._make_generator(data, channel_axis, kwargs, target)
             # features, boxes, geometry and new layers are built here, off the main thread
             return with_built_layers(self._layer_tuples(layer, result, offset, channel_axis, names))
 
@@ -354,7 +343,9 @@ class SegmentationWidget(Container):
 
     def _layer_tuples(self, source, result, offset, channel_axis, names) -> list:
         """Layer data tuples of a result (Qt-free, so the worker thread builds them)."""
-        return _layers.result_layers(self.task, source, result, offset, channel_axis, names)
+        # a block-wise run gives instances only, even with a U-Net
+        task = SEMANTIC if hasattr(result, "classes") else INSTANCE
+        return _layers.result_layers(task, source, result, offset, channel_axis, names)
 
     def _put_layers(self, tuples, source, run: tuple, incremental: bool) -> list:
         """Add or update the result layers. ``incremental`` adds one layer per
@@ -367,11 +358,17 @@ class SegmentationWidget(Container):
         def finish():
             labels, boxes = _layers.instances_and_boxes(layers)
             link_boxes_and_labels(labels, boxes)
-            if labels.data.ndim == boxes.ndim:  # boxes and labels edit together
+            in_memory = isinstance(labels.data, np.ndarray)
+            # boxes and labels edit together; not for labels on disk, where
+            # following every edit would rescan the whole file
+            if labels.data.ndim == boxes.ndim and in_memory:
                 link_result(self.viewer, labels, boxes, source, *run, self._set_status)
             note = (
                 "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
             )
+            written = labels.metadata.get(_layers.TAG, {}).get("sizing", {}).get("labels_file")
+            if written:
+                note += f", labels written to {written}"
             sizing = describe(labels.metadata.get(_layers.TAG, {}).get("sizing", {}))
             found = _layers.describe_count(labels)
             self._set_status(f"{found} found{f' ({sizing})' if sizing else ''}{note}.")

@@ -1,5 +1,6 @@
 """``predict --cluster local:N`` and ``--scheduler ADDRESS``: block-wise
-segmentation of large 2D images on dask.distributed (``core.blockwise``)."""
+segmentation of large gray images (2D, or stacks slice by slice) on
+dask.distributed (``core.blockwise``)."""
 
 from __future__ import annotations
 
@@ -52,47 +53,42 @@ def cluster_client(args):
             cluster.close()
 
 
-def segment_on_cluster(client, path, image, args, report, labels_to=None):
+def segment_on_cluster(client, path, image, args, report, labels_to=None, channel_axis=None):
     """One file's instances, block by block on the cluster. A zarr input is
     read by the workers themselves; an image in memory is sent to them once.
     ``labels_to`` ((path, axes, scale)) writes the labels there as an
     OME-Zarr label image, region by region, instead of holding them."""
-    from contextlib import ExitStack
-
     from ..core.blockwise import segment_blockwise
     from ..core.types import InputError
-    from ..core.zarr_io import is_zarr, label_image_writer
+    from ..core.zarr_io import is_zarr
     from .predict import engine_options
 
     given = [flag for flag, value in BLOCKWISE_REFUSES.items() if getattr(args, value) is not None]
     if given:
         raise InputError(
-            f"block-wise runs (--cluster, --scheduler) segment one 2D gray image at its own "
-            f"scale: they do not take {', '.join(given)}"
+            f"block-wise runs (--cluster, --scheduler) segment gray images (2D or stacks) at "
+            f"their own scale: they do not take {', '.join(given)}"
+        )
+    if channel_axis is not None:
+        raise InputError(
+            "block-wise runs (--cluster, --scheduler) segment gray images; this one has channels"
         )
     source = str(path) if is_zarr(path) else image
     options = engine_options(args, None)
     for key in ("channel_axis", "link", "link_threshold", "diameter"):
         options.pop(key)
     task_source = source if isinstance(source, str) else client.scatter(image, broadcast=True)
-    with ExitStack() as stack:
-        make_labels = None
-        if labels_to is not None:
-
-            def make_labels(shape, dtype):
-                writer = label_image_writer(labels_to[0], shape, dtype, *labels_to[1:])
-                return stack.enter_context(writer)
-
-        return segment_blockwise(
-            source,
-            args.model,
-            client=client,
-            block_size=args.block_size,
-            progress=report,
-            task_source=task_source,
-            make_labels=make_labels,
-            **options,
-        )
+    return segment_blockwise(
+        source,
+        args.model,
+        client=client,
+        block_size=args.block_size,
+        progress=report,
+        task_source=task_source,
+        labels_to=None if labels_to is None else labels_to[0],
+        label_axes=None if labels_to is None else labels_to[1:],
+        **options,
+    )
 
 
 # what block-wise runs cannot do: the flag and its attribute

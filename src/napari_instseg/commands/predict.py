@@ -229,7 +229,7 @@ def cmd_predict(args) -> int:
                             if zarr_axes is not None:
                                 labels_to = (outdir / f"{path.stem}_labels.zarr", *zarr_axes)
                             instances = segment_on_cluster(
-                                client, path, image, args, report, labels_to
+                                client, path, image, args, report, labels_to, channel_axis
                             )
                             zarr_axes = "written" if labels_to else zarr_axes
                         else:

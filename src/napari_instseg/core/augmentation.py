@@ -58,37 +58,28 @@ def _reversed_axes(k: int, flip: bool) -> tuple[bool, bool]:
     return rotated_y, rotated_x != flip
 
 
-def _masks_back(masks: np.ndarray, boxes: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """Box-frame masks (N, 28, 28) of a view mapped back like their (mapped
-    back) ``boxes``.
+def _masks_back(masks: np.ndarray, boxes: np.ndarray, k: int, flip: bool):
+    """Box-frame masks (N, 28, 28) of a view turned back like their (mapped
+    back) ``boxes``, and the (N, 2) offset in mask cells at which to read them.
 
     The heads learnt masks sampled with ``roi_align(aligned=False)``, which
     reads pixel j at coordinate j: a mask's edges sit half a pixel before its
     box's, in the direction its axis runs. Along an axis that the view ran
     backwards that is half a pixel the other way once mapped back, so the mask
-    is moved one pixel back to agree with the other views.
+    is to be read one pixel further on to agree with the other views. The
+    offset is applied when the masks are resampled for fusing (``_fuse``), so
+    each mask is interpolated once.
     """
-    from scipy import ndimage
-
     masks = np.rot90(masks, -k, axes=(1, 2))
     masks = np.ascontiguousarray(masks[:, :, ::-1] if flip else masks)
     reverse_y, reverse_x = _reversed_axes(k, flip)
-    if not (reverse_y or reverse_x):
-        return masks
     cells = masks.shape[-1]
     heights = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-3)
     widths = np.maximum(boxes[:, 2] - boxes[:, 0], 1e-3)
-    return np.stack(
-        [
-            ndimage.shift(
-                mask,
-                (-cells / h if reverse_y else 0.0, -cells / w if reverse_x else 0.0),
-                order=1,
-                mode="nearest",
-            )
-            for mask, h, w in zip(masks, heights, widths)
-        ]
-    ).reshape(masks.shape)
+    offsets = np.zeros((len(masks), 2), np.float64)
+    offsets[:, 0] = cells / heights if reverse_y else 0.0
+    offsets[:, 1] = cells / widths if reverse_x else 0.0
+    return masks, offsets
 
 
 def augmented_detections(loaded, batch, sizes, score_threshold: float) -> list[dict]:
@@ -107,12 +98,14 @@ def augmented_detections(loaded, batch, sizes, score_threshold: float) -> list[d
             boxes = det["boxes"].float().cpu().numpy()
             masks = det["masks"].float().cpu().numpy()[:, 0]
             back = _boxes_back(boxes, k, flip, height, width)
+            turned, offsets = _masks_back(masks, back, k, flip)
             parts.append(
                 (
                     back,
                     det["scores"].float().cpu().numpy(),
                     det["labels"].cpu().numpy(),
-                    _masks_back(masks, back, k, flip),
+                    turned,
+                    offsets,
                     np.full(len(boxes), v),
                 )
             )
@@ -120,9 +113,13 @@ def augmented_detections(loaded, batch, sizes, score_threshold: float) -> list[d
     return fused
 
 
-def _mask_in_box(mask: np.ndarray, box: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _mask_in_box(
+    mask: np.ndarray, box: np.ndarray, target: np.ndarray, offset=(0.0, 0.0)
+) -> np.ndarray:
     """A box-frame mask resampled into the frame of another box, so masks of
-    slightly different boxes are averaged where they lie in the image."""
+    slightly different boxes are averaged where they lie in the image; read
+    ``offset`` (y, x) cells further on, at most to its last cell (its edge
+    value carries on, as for a mask moved by that much)."""
     from scipy import ndimage
 
     cells = mask.shape[0]
@@ -130,7 +127,10 @@ def _mask_in_box(mask: np.ndarray, box: np.ndarray, target: np.ndarray) -> np.nd
     # image coordinates of the target's cell centres, in the source mask's cells
     ys = (target[1] + centres * (target[3] - target[1]) - box[1]) / max(box[3] - box[1], 1e-3)
     xs = (target[0] + centres * (target[2] - target[0]) - box[0]) / max(box[2] - box[0], 1e-3)
-    grid = np.meshgrid(ys * cells - 0.5, xs * cells - 0.5, indexing="ij")
+    ys, xs = ys * cells - 0.5, xs * cells - 0.5
+    ys = np.where(ys <= cells - 1, np.minimum(ys + offset[0], cells - 1), ys)
+    xs = np.where(xs <= cells - 1, np.minimum(xs + offset[1], cells - 1), xs)
+    grid = np.meshgrid(ys, xs, indexing="ij")
     return ndimage.map_coordinates(mask, grid, order=1, mode="constant", cval=0.0)
 
 
@@ -143,7 +143,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area + areas - inter, 1e-6)
 
 
-def _fuse(boxes, scores, labels, masks, view) -> dict:
+def _fuse(boxes, scores, labels, masks, offsets, view) -> dict:
     """Greedy grouping by score: each group takes the best detection and, from
     every other view, its best-overlapping detection of the same class."""
     order = np.argsort(-scores, kind="stable")
@@ -165,7 +165,7 @@ def _fuse(boxes, scores, labels, masks, view) -> dict:
         weights = scores[group] / scores[group].sum()
         fused_box = weights @ boxes[group]
         out_boxes.append(fused_box)
-        resampled = [_mask_in_box(masks[g], boxes[g], fused_box) for g in group]
+        resampled = [_mask_in_box(masks[g], boxes[g], fused_box, offsets[g]) for g in group]
         out_masks.append(np.tensordot(weights, np.stack(resampled), axes=1))
         out_scores.append(scores[group].sum() / len(VIEWS))
         out_labels.append(labels[first])

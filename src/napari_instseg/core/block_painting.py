@@ -13,12 +13,13 @@ everything at once, because the rule is local to each pixel.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .postprocess import smallest_label_dtype
+from .types import Progress
 
 DUPLICATE_SHARE = 0.5  # an object whose free pixels fall below this share is a duplicate
 CELL = 256  # side of the cells of the spatial index, px (objects are far smaller)
@@ -97,7 +98,6 @@ def paint_regions(
     kept: list[BlockObject],
     regions: list[tuple[int, int, int, int]],
     make_labels: Callable[[tuple[int, int], np.dtype], object] | None = None,
-    progress: Callable[[int, int], None] | None = None,
 ):
     """(labels, boxes, areas): ``kept`` painted as ids 1..N into an array from
     ``make_labels(shape, dtype)`` (default: zeros in memory), one region
@@ -105,6 +105,20 @@ def paint_regions(
     exclusive) and pixel counts of what each id got."""
     dtype = np.dtype(smallest_label_dtype(len(kept)))
     labels = np.zeros(shape, dtype) if make_labels is None else make_labels(shape, dtype)
+    painting = iter_paint_regions(kept, regions, labels)
+    while True:
+        try:
+            next(painting)
+        except StopIteration as stop:
+            return (labels, *stop.value)
+
+
+def iter_paint_regions(
+    kept: list[BlockObject], regions: list[tuple[int, int, int, int]], labels, first_id: int = 1
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Paint ``kept`` as ids first_id, first_id + 1, ... into ``labels`` (any
+    array that takes 2D slice assignment), region by region, yielding a
+    ``Progress`` per region; returns the (boxes, areas) of what each got."""
     index = _CellIndex()
     for i, obj in enumerate(kept):
         index.add(i, obj)
@@ -112,16 +126,16 @@ def paint_regions(
     boxes = np.array([[big, big, -1, -1]] * len(kept), np.int64).reshape(-1, 4)
     areas = np.zeros(len(kept), np.int64)
     for done, (y0, x0, y1, x1) in enumerate(regions, 1):
-        window = np.zeros((y1 - y0, x1 - x0), dtype)
+        window = np.zeros((y1 - y0, x1 - x0), labels.dtype)
         for i in index.near(y0, x0, y1, x1):
-            _overlay(window, y0, x0, kept[i], i + 1)
+            _overlay(window, y0, x0, kept[i], i + 1)  # local ids: 1..len(kept)
         _measure(window, y0, x0, boxes, areas)
+        if first_id != 1:
+            window[window > 0] += np.asarray(first_id - 1, labels.dtype)
         labels[y0:y1, x0:x1] = window
-        if progress is not None:
-            progress(done, len(regions))
-    empty = areas == 0
-    boxes[empty] = 0
-    return labels, boxes, areas
+        yield Progress(done, len(regions), "writing labels")
+    boxes[areas == 0] = 0
+    return boxes, areas
 
 
 def _measure(window: np.ndarray, y0: int, x0: int, boxes: np.ndarray, areas: np.ndarray) -> None:

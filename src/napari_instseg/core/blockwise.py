@@ -21,14 +21,17 @@ retries a block whose worker died, and the result does not change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .block_painting import BlockObject, keep_objects, paint_regions
+from .block_painting import BlockObject, iter_paint_regions, keep_objects
+from .draining import drain
+from .postprocess import smallest_label_dtype
 from .tiling import aligned_span
-from .types import InputError, Progress
+from .types import InputError, InstanceResult, Progress
 
 DEFAULT_BLOCK = 2048
 # the halo must exceed the largest object; nuclei in these images are < 100 px
@@ -40,6 +43,7 @@ class Block:
     core: tuple[int, int, int, int]  # y0, x0, y1, x1 of the pixels this block owns
     read: tuple[int, int, int, int]  # the core grown by the halo (and to whole tiles)
     image_shape: tuple[int, int] = (0, 0)  # of the whole image
+    stack_index: tuple[int, ...] = ()  # the slice of a stack it is in
 
 
 def plan_blocks(
@@ -66,12 +70,13 @@ def plan_blocks(
 
 def segment_block(source, block: Block, model, options: dict) -> list[BlockObject]:
     """The objects a block owns (the task a worker runs). ``source`` is an
-    array or a zarr path (opened here, so workers read their own windows)."""
+    array or a zarr path (opened here, so workers read their own windows);
+    ``options`` are the engine's, the slice's intensity range among them."""
     from .predict import segment
 
     image = _open(source)
     ry0, rx0, ry1, rx1 = block.read
-    window = np.asarray(image[ry0:ry1, rx0:rx1])
+    window = np.asarray(image[(*block.stack_index, slice(ry0, ry1), slice(rx0, rx1))])
     loaded = _model(model, options.get("device", "auto"))
     result, _ = segment(window, loaded, part_of=(block.image_shape, (ry0, rx0)), **options)
     cy0, cx0, cy1, cx1 = block.core
@@ -110,21 +115,12 @@ def _model(model, device):
     return load_model(model, device)
 
 
-def paint_objects(shape: tuple[int, int], objects: Iterable[BlockObject]):
-    """(labels, scores, class ids) of objects painted into one label image in
-    memory, highest score first onto background; duplicates dropped."""
-    kept = keep_objects(objects)
-    labels, _, _ = paint_regions(shape, kept, [(0, 0, *shape)])
-    scores = np.array([o.score for o in kept], np.float32)
-    return labels, scores, np.array([o.class_id for o in kept], np.int64)
-
-
-def whole_image_range(image, info) -> tuple[list[float], list[float]]:
-    """The intensity range the engine gives the whole image (its strided
-    percentiles), for every block to share."""
+def whole_image_range(image, info, index: tuple[int, ...] = ()) -> tuple[list, list]:
+    """The intensity range the engine gives a whole 2D image (the slice at
+    ``index`` of a stack): its strided percentiles, for all its blocks to share."""
     from .reading import NormalisedSlice, SliceReader
 
-    work = NormalisedSlice(SliceReader(image, (), None), info)
+    work = NormalisedSlice(SliceReader(image, index, None), info)
     return work.lows.tolist(), work.highs.tolist()
 
 
@@ -132,79 +128,146 @@ def segment_blockwise(
     source,
     model,
     *,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    **kwargs,
+) -> InstanceResult:
+    """``iter_segment_blockwise`` run to the end, with ``progress(Progress)``
+    per block and per region written, and ``cancel()`` checked between."""
+    return drain(iter_segment_blockwise(source, model, **kwargs), progress, cancel)
+
+
+def iter_segment_blockwise(
+    source,
+    model,
+    *,
     client=None,
     block_size: int = DEFAULT_BLOCK,
     halo: int = DEFAULT_HALO,
-    progress: Callable[[Progress], None] | None = None,
     task_source=None,
-    make_labels: Callable[[tuple[int, int], np.dtype], object] | None = None,
+    labels_to=None,
+    label_axes: tuple | None = None,
     **options,
-):
-    """An ``InstanceResult`` of a large 2D image (an array, or a zarr path
-    that each worker opens itself), block by block: on ``client`` (a
+) -> Generator[Progress, None, InstanceResult]:
+    """An ``InstanceResult`` of a large 2D image or a stack of them (an
+    array, or a zarr path that each worker opens itself; stacks slice by
+    slice, ids unique through the stack), block by block: on ``client`` (a
     dask.distributed Client) when given, else in this process.
     ``task_source`` is what the tasks get instead of ``source`` (e.g. the
-    image scattered to the workers once). ``make_labels(shape, dtype)``
-    gives the array the labels are written into, region by region (e.g. a
-    zarr array; default: one in memory). Options as for the engine, except
+    image scattered to the workers once). ``labels_to``: the labels are
+    written region by region into a new OME-Zarr label image there (with
+    ``label_axes`` = (axes, scale)) and the result's labels are that array,
+    never held whole; default: in memory. Options as for the engine, except
     those that change the image's scale or axes (diameter, rescale,
     channel_axis, link), which block-wise runs do not take."""
     from . import options as engine_options
-    from .types import InstanceResult
 
     refused = [k for k in ("diameter", "channel_axis", "link") if options.get(k) is not None]
     refused += ["rescale"] if options.get("rescale", 1.0) != 1.0 else []
     if refused:
         raise InputError(f"block-wise segmentation does not take {', '.join(refused)}")
     image = _open(source)
-    if image.ndim != 2:
-        raise InputError(f"block-wise segmentation takes one 2D gray image, not {image.shape}")
-    height, width = (int(s) for s in image.shape)
+    if image.ndim < 2 or (image.ndim > 2 and image.shape[-1] in (3, 4)):
+        raise InputError(
+            f"block-wise segmentation takes 2D gray images or stacks of them, not {image.shape}"
+        )
+    stack_shape = tuple(int(s) for s in image.shape[:-2])
+    height, width = (int(s) for s in image.shape[-2:])
     loaded = _model(model, options.get("device", "auto"))
     tiling = engine_options.tiling(
         loaded.info.task, options.get("tile_size"), options.get("overlap"), loaded.info.tile_size
     )
-    blocks = plan_blocks(height, width, block_size, halo, tiling)
-    if options.get("intensity_range") is None:
-        options["intensity_range"] = whole_image_range(image, loaded.info)
+    plan = plan_blocks(height, width, block_size, halo, tiling)
+    slices = list(np.ndindex(*stack_shape)) if stack_shape else [()]
+    blocks, task_options = [], []
+    for index in slices:
+        # each slice normalised as the engine would the whole slice
+        given = options.get("intensity_range")
+        slice_range = given or whole_image_range(image, loaded.info, index)
+        blocks += [replace(block, stack_index=index) for block in plan]
+        task_options += [{**options, "intensity_range": slice_range}] * len(plan)
     model_ref = model if isinstance(model, str) or hasattr(model, "__fspath__") else loaded
-    objects: list[BlockObject] = []
+    found: dict[tuple, list[BlockObject]] = {index: [] for index in slices}
     task_source = source if task_source is None else task_source
-    for done, found in enumerate(_run(task_source, blocks, model_ref, options, client), 1):
-        objects.extend(found)
-        if progress is not None:
-            progress(Progress(done, len(blocks), "segmenting blocks"))
-    kept = keep_objects(objects)
-    del objects
-    labels, boxes, areas = paint_regions(
-        (height, width), kept, [b.core for b in blocks], make_labels,
-        None if progress is None else lambda d, n: progress(Progress(d, n, "writing labels")),
-    )  # fmt: skip
+    runs = _run(task_source, blocks, model_ref, task_options, client)
+    for done, (block, objects) in enumerate(runs, 1):
+        found[block.stack_index].extend(objects)
+        yield Progress(done, len(blocks), "segmenting blocks")
+    kept = {index: keep_objects(found.pop(index)) for index in slices}
+    total = sum(len(k) for k in kept.values())
+    shape = (*stack_shape, height, width)
+    dtype = np.dtype(smallest_label_dtype(total))
+    parts = []
+    with ExitStack() as stack:
+        if labels_to is None:
+            labels = np.zeros(shape, dtype)
+        else:
+            from .zarr_io import label_image_writer
+
+            writer = label_image_writer(labels_to, shape, dtype, *(label_axes or ()))
+            labels = stack.enter_context(writer)
+        first = 1
+        regions = [b.core for b in plan]
+        for index in slices:
+            target = _SliceOf(labels, index) if index else labels
+            painting = iter_paint_regions(kept[index], regions, target, first)
+            boxes, areas = yield from painting
+            parts.append((boxes, areas))
+            first += len(kept[index])
+    if labels_to is not None:
+        from .zarr_io import open_label_image
+
+        labels = open_label_image(labels_to)
     class_names = list(loaded.info.class_names)
     if loaded.info.task == "semantic":
         class_names = ["background", loaded.info.postprocess.get("instance_class", "nucleus")]
+    objects = [o for index in slices for o in kept[index]]
     return InstanceResult(
         labels=labels,
-        label_ids=np.arange(1, len(kept) + 1, dtype=np.int64),
-        boxes=boxes,
-        scores=np.array([o.score for o in kept], np.float32),
-        class_ids=np.array([o.class_id for o in kept], np.int64),
+        label_ids=np.arange(1, total + 1, dtype=np.int64),
+        boxes=np.concatenate([p[0] for p in parts]),
+        scores=np.array([o.score for o in objects], np.float32),
+        class_ids=np.array([o.class_id for o in objects], np.int64),
         class_names=class_names,
-        metadata={"blocks": len(blocks), "block_size": block_size, "halo": halo},
-        areas=areas,
+        stack_index=np.repeat(np.arange(len(slices)), [len(kept[i]) for i in slices])
+        if stack_shape
+        else None,
+        metadata={
+            "blocks": len(blocks),
+            "block_size": block_size,
+            "halo": halo,
+            **({"labels_file": str(labels_to)} if labels_to is not None else {}),
+        },
+        areas=np.concatenate([p[1] for p in parts]),
     )
 
 
-def _run(source, blocks, model, options, client):
+class _SliceOf:
+    """One 2D slice of a stack's label array, to paint into (zarr arrays have
+    no views)."""
+
+    def __init__(self, array, index: tuple[int, ...]):
+        self.array, self.index, self.dtype = array, index, array.dtype
+
+    def __setitem__(self, key, value):
+        self.array[(*self.index, *key)] = value
+
+
+def _run(source, blocks, model, task_options, client):
+    """(block, its objects) for every block, in the order they finish."""
     if client is None:
-        for block in blocks:
-            yield segment_block(source, block, model, options)
+        for block, options in zip(blocks, task_options):
+            yield block, segment_block(source, block, model, options)
         return
     from distributed import as_completed
 
     futures = client.map(
-        segment_block, [source] * len(blocks), blocks, model=model, options=options,
+        segment_block, [source] * len(blocks), blocks, [model] * len(blocks), task_options,
         pure=True, retries=3,
     )  # fmt: skip
-    for future in as_completed(futures):
-        yield future.result()
+    block_of = {future.key: block for future, block in zip(futures, blocks)}
+    try:
+        for future in as_completed(futures):
+            yield block_of[future.key], future.result()
+    finally:  # cancelled or failed: leave nothing running on the cluster
+        client.cancel(futures)

@@ -260,17 +260,19 @@ def slice_name(name: str, index: tuple[int, ...]) -> str:
     return f"{name}[{','.join(map(str, index))}]" if index else name
 
 
+# the per-object columns of object_table (and of the CLI's _boxes.csv), with
+# shape measurements after them: one name for one thing in every table
 MEASUREMENT_COLUMNS = [
-    "label",
+    "label_id",
     "class_name",
     "score",
     "area",
+    "y_min",
+    "x_min",
+    "y_max",
+    "x_max",
     "centroid_y",
     "centroid_x",
-    "bbox_y_min",
-    "bbox_x_min",
-    "bbox_y_max",
-    "bbox_x_max",
     "eccentricity",
     "mean_intensity",
 ]
@@ -292,16 +294,16 @@ def measurements(
         y0, x0, y1, x1 = region.bbox
         rows.append(
             {
-                "label": region.label,
+                "label_id": region.label,
                 "class_name": (class_names or {}).get(region.label, ""),
                 "score": (scores or {}).get(region.label, ""),
                 "area": int(region.area),
+                "y_min": y0,
+                "x_min": x0,
+                "y_max": y1,
+                "x_max": x1,
                 "centroid_y": round(float(region.centroid[0]), 3),
                 "centroid_x": round(float(region.centroid[1]), 3),
-                "bbox_y_min": y0,
-                "bbox_x_min": x0,
-                "bbox_y_max": y1,
-                "bbox_x_max": x1,
                 "eccentricity": round(float(region.eccentricity), 5),
                 "mean_intensity": round(float(region.intensity_mean), 5)
                 if intensity is not None

@@ -18,6 +18,7 @@ from .augmentation import augmented_detections
 from .detections import Detections
 from .devices import configure_cpu_threads
 from .diameter import SlicePlan
+from .draining import drain
 from .linking import check_link, link_stack
 from .memory import TileCounter, with_memory_fallback
 from .models.architectures import INSTANCE
@@ -31,7 +32,6 @@ from .reading import (
     stack_indices,
     to_tensor,
 )
-from .semantic_engine import check_task
 from .types import InputError, InstanceResult, Progress
 
 
@@ -99,8 +99,6 @@ def detect_instances(
     """Detections of one 2D image before painting, so that several mask
     thresholds can be tried on one run of the network (``Detections.paint``).
     ``segment_instances`` is this plus painting, for any image."""
-    from .predict import drain
-
     loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
     channel_axis, stack_shape = resolve_axes(image, channel_axis)
     if stack_shape:
@@ -112,7 +110,7 @@ def detect_instances(
 def _prepare(image, model, device, tile_size, overlap, score_threshold, augment):
     """The loaded model and (tile size, overlap, score threshold, augment), checked."""
     loaded = load_model(model, device)
-    check_task(loaded, INSTANCE)
+    loaded.check_task(INSTANCE)
     score_threshold, _ = options.detection_thresholds(
         score_threshold, None, loaded.info.postprocess
     )

@@ -13,15 +13,11 @@ materialised whole (except when ``rescale`` != 1).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-
 from .detections import Detections
+from .draining import CancelCheck, ProgressCallback, drain
 from .instance_engine import detect_instances, iter_segment_instances
 from .semantic_engine import iter_segment_semantic
-from .types import Cancelled, InstanceResult, Progress, SemanticResult
-
-ProgressCallback = Callable[[Progress], None]
-CancelCheck = Callable[[], bool]
+from .types import InstanceResult, SemanticResult
 
 __all__ = [
     "Detections",
@@ -33,24 +29,6 @@ __all__ = [
     "segment_instances",
     "segment_semantic",
 ]
-
-
-def drain(
-    generator: Generator,
-    progress: ProgressCallback | None = None,
-    cancel: CancelCheck | None = None,
-):
-    """Run an engine generator to the end, reporting progress and honouring cancel."""
-    while True:
-        if cancel is not None and cancel():
-            generator.close()
-            raise Cancelled("cancelled")
-        try:
-            step = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(step)
 
 
 def segment_semantic(

@@ -38,15 +38,9 @@ from .reading import (
     to_tensor,
 )
 from .tiling import Tile, blend_window
-from .types import ModelError, Progress, SemanticResult
+from .types import Progress, SemanticResult
 
 MIN_MEASURED_SIZE = 4  # pixels: smaller specks say nothing about object size
-
-
-def check_task(loaded: LoadedModel, task: str) -> None:
-    if loaded.info.task != task:
-        wanted = "segment_semantic" if loaded.info.task == SEMANTIC else "segment_instances"
-        raise ModelError(f"{loaded.name} is a {loaded.info.task} model; use {wanted}")
 
 
 def iter_segment_semantic(
@@ -69,7 +63,7 @@ def iter_segment_semantic(
 ) -> Generator[Progress, None, SemanticResult]:
     """Generator form of ``segment_semantic`` (options: ``core.options``)."""
     loaded = load_model(model, device)
-    check_task(loaded, SEMANTIC)
+    loaded.check_task(SEMANTIC)
     check_dtype(image)
     configure_cpu_threads()
     channel_axis, stack_shape = resolve_axes(image, channel_axis)

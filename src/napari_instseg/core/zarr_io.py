@@ -140,7 +140,11 @@ def label_image_writer(path, shape, dtype, axes=None, scale=None):
     chunks = (1,) * (ndim - 2) + tuple(min(LABEL_CHUNK, s) for s in shape[-2:])
     dtype = dtype if np.dtype(dtype) in (np.uint16, np.uint32) else np.uint32
     array = group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-    yield array
+    try:
+        yield array
+    except BaseException:  # failed or cancelled: no half-written output is left
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     group.attrs.update(
         {
             "multiscales": [
@@ -160,6 +164,13 @@ def label_image_writer(path, shape, dtype, axes=None, scale=None):
         }
     )
     partial.rename(path)
+
+
+def open_label_image(path, mode: str = "r+"):
+    """The full-resolution array of an OME-Zarr label image (lazy)."""
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode)["0"]
 
 
 def _default_axes(ndim: int) -> list[str]:

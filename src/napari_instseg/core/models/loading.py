@@ -52,6 +52,14 @@ class LoadedModel:
     def name(self) -> str:
         return self.info.name
 
+    def check_task(self, task: str) -> None:
+        """A ModelError naming the right function when this model does another task."""
+        if self.info.task != task:
+            from .architectures import SEMANTIC
+
+            wanted = "segment_semantic" if self.info.task == SEMANTIC else "segment_instances"
+            raise ModelError(f"{self.name} is a {self.info.task} model; use {wanted}")
+
     @property
     def predictor(self) -> nn.Module:
         """The module the prediction engine runs."""

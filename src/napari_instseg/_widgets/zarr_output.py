@@ -1,0 +1,58 @@
+"""The segmentation widgets' "block by block into a zarr file" choice.
+
+For a gray image (2D or a stack) too large to hold its labels in memory (a
+lazily opened OME-Zarr slide, say), the engine runs block-wise
+(``core.blockwise``) in the widget's worker and writes the labels region by
+region into a new OME-Zarr label image; the Labels layer then shows that
+file, read lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from magicgui.widgets import CheckBox, FileEdit
+
+from ._common import UserError
+
+
+class ZarrOutputControls:
+    def __init__(self):
+        self.enabled = CheckBox(text="Block by block into a zarr file", value=False)
+        self.enabled.tooltip = (
+            "For large gray images: segment 2048 px blocks one after another and write "
+            "the labels to an OME-Zarr file instead of memory"
+        )
+        self.path = FileEdit(label="Labels file", mode="w", filter="*.zarr", visible=False)
+        self.enabled.changed.connect(lambda on: setattr(self.path, "visible", bool(on)))
+
+    @property
+    def widgets(self) -> list:
+        return [self.enabled, self.path]
+
+    def target(self, layer, channel_axis, options: dict) -> Path | None:
+        """The zarr file to write, or None when off; a UserError when the
+        image or the other options do not suit a block-wise run."""
+        if not self.enabled.value:
+            return None
+        if layer.rgb or channel_axis is not None:
+            raise UserError("block by block into zarr takes gray images (2D or stacks)")
+        for option, label in (("diameter", "an object diameter"), ("link", "linking")):
+            if options.get(option) is not None:
+                raise UserError(f"block by block into zarr does not take {label}")
+        path = Path(str(self.path.value or "")).expanduser()
+        if path.suffix.lower() != ".zarr":
+            raise UserError("choose a labels file ending in .zarr")
+        if path.exists():
+            raise UserError(f"{path.name} exists; choose another labels file")
+        if not path.parent.is_dir():
+            raise UserError(f"{path.parent} is not a folder")
+        return path
+
+
+def blockwise_generator(data, kwargs: dict, target: Path):
+    """The block-wise engine's generator for the widget's worker."""
+    from ..core.blockwise import iter_segment_blockwise
+
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("diameter", "link")}
+    return iter_segment_blockwise(data, kwargs.pop("model"), labels_to=target, **kwargs)

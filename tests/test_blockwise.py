@@ -224,3 +224,21 @@ def test_a_zarr_input_on_a_cluster_writes_its_labels_block_by_block(client, tmp_
     assert main([*args[:-2], "--diameter", "20", "-o", str(tmp_path / "o2")]) == 1
     err = capsys.readouterr().err
     assert "do not take --diameter" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("stop_at", ["segmenting blocks", "writing labels"])
+def test_cancelling_leaves_no_labels_file(tmp_path, stop_at):
+    from napari_instseg.core.types import Cancelled
+
+    target = tmp_path / "labels.zarr"
+    seen = []
+
+    def cancel():
+        return bool(seen) and seen[-1] == stop_at
+
+    with pytest.raises(Cancelled):
+        segment_blockwise(
+            IMAGE, "nuclei-unet", block_size=128, labels_to=target,
+            progress=lambda step: seen.append(step.message), cancel=cancel,
+        )  # fmt: skip
+    assert not target.exists() and not (tmp_path / "labels.zarr.partial").exists()

@@ -109,13 +109,16 @@ def test_a_stack_goes_slice_by_slice_with_ids_unique_through_it():
         assert (iou.max(1) > 0.999).all() and (iou.max(0) > 0.999).all()
 
 
-def test_block_wise_refuses_what_changes_scale_or_axes():
+def test_block_wise_refuses_what_changes_scale_or_axes(tmp_path):
     with pytest.raises(InputError, match="diameter"):
         segment_blockwise(IMAGE, "nuclei-unet", diameter=20)
     with pytest.raises(InputError, match="link"):
         segment_blockwise(IMAGE, "nuclei-unet", link="z")
     with pytest.raises(InputError, match="gray"):
         segment_blockwise(np.stack([IMAGE] * 3, -1), "nuclei-unet")
+    (tmp_path / "done.zarr").mkdir()
+    with pytest.raises(InputError, match="exists"):  # at once, not after the work
+        segment_blockwise(IMAGE, "nuclei-unet", labels_to=tmp_path / "done.zarr")
 
 
 def test_objects_on_every_block_edge_get_one_id_each(oracle_unet):

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -98,8 +99,6 @@ def segment_block(source, block: Block, model, options: dict) -> list[BlockObjec
 
 
 def _open(source):
-    from pathlib import Path
-
     if isinstance(source, (str, Path)):
         from .zarr_io import open_zarr_image
 
@@ -166,6 +165,8 @@ def iter_segment_blockwise(
     refused += ["rescale"] if options.get("rescale", 1.0) != 1.0 else []
     if refused:
         raise InputError(f"block-wise segmentation does not take {', '.join(refused)}")
+    if labels_to is not None and Path(labels_to).exists():  # before hours of work, not after
+        raise InputError(f"{Path(labels_to).name} exists; remove it or choose another name")
     image = _open(source)
     if image.ndim < 2 or (image.ndim > 2 and image.shape[-1] in (3, 4)):
         raise InputError(
@@ -208,10 +209,11 @@ def iter_segment_blockwise(
             labels = stack.enter_context(writer)
         first = 1
         regions = [b.core for b in plan]
-        for index in slices:
+        for k, index in enumerate(slices):
             target = _SliceOf(labels, index) if index else labels
             painting = iter_paint_regions(kept[index], regions, target, first)
-            boxes, areas = yield from painting
+            steps = (k * len(regions), len(slices) * len(regions))
+            boxes, areas = yield from _counted_on(painting, *steps)
             parts.append((boxes, areas))
             first += len(kept[index])
     if labels_to is not None:
@@ -240,6 +242,16 @@ def iter_segment_blockwise(
         },
         areas=np.concatenate([p[1] for p in parts]),
     )
+
+
+def _counted_on(steps, before: int, total: int):
+    """``steps`` (a generator of Progress) counted as part of a longer run."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(before + step.done, total, step.message)
 
 
 class _SliceOf:

@@ -366,10 +366,10 @@ class SegmentationWidget(Container):
             note = (
                 "" if source in self.viewer.layers else " (the image layer was removed meanwhile)"
             )
-            written = labels.metadata.get(_layers.TAG, {}).get("sizing", {}).get("labels_file")
-            if written:
-                note += f", labels written to {written}"
-            sizing = describe(labels.metadata.get(_layers.TAG, {}).get("sizing", {}))
+            made = labels.metadata.get(_layers.TAG, {}).get("sizing", {})  # the result's metadata
+            if made.get("labels_file"):
+                note += f", labels written to {made['labels_file']}"
+            sizing = describe(made)
             found = _layers.describe_count(labels)
             self._set_status(f"{found} found{f' ({sizing})' if sizing else ''}{note}.")
 

@@ -74,9 +74,7 @@ def segment_on_cluster(client, path, image, args, report, labels_to=None, channe
             "block-wise runs (--cluster, --scheduler) segment gray images; this one has channels"
         )
     source = str(path) if is_zarr(path) else image
-    options = engine_options(args, None)
-    for key in ("channel_axis", "link", "link_threshold", "diameter"):
-        options.pop(key)
+    options = engine_options(args, None)  # the refused ones are None here
     task_source = source if isinstance(source, str) else client.scatter(image, broadcast=True)
     return segment_blockwise(
         source,

@@ -77,18 +77,19 @@ def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
     return kept, skipped
 
 
-def _write_predictions(stem: str, outdir: Path, instances, semantic=None, zarr_axes=None) -> None:
+def _write_predictions(
+    stem: str, outdir: Path, instances, semantic=None, zarr_axes=None, labels_written=False
+) -> None:
     """Labels (and classes) as TIFF, or as OME-Zarr label images when
-    ``zarr_axes`` is (axes, scale) (None, None: unknown; "written": already
-    written block by block), then the tables."""
+    ``zarr_axes`` is (axes, scale) (None, None: unknown), then the tables.
+    ``labels_written``: the block-wise run wrote the labels itself."""
     import tifffile
 
-    if zarr_axes == "written":  # by the block-wise run itself
-        pass
-    elif zarr_axes is not None:
+    if zarr_axes is not None:
         from ..core.zarr_io import write_label_image
 
-        write_label_image(outdir / f"{stem}_labels.zarr", instances.labels, *zarr_axes)
+        if not labels_written:
+            write_label_image(outdir / f"{stem}_labels.zarr", instances.labels, *zarr_axes)
         if semantic is not None:
             write_label_image(outdir / f"{stem}_semantic.zarr", semantic.classes, *zarr_axes)
     else:
@@ -204,6 +205,7 @@ def cmd_predict(args) -> int:
         file_tasks = submit_files(client, files, args) if client and len(files) > 1 else {}
         for path in tqdm(files, desc="images", unit="image", disable=not show or len(files) < 2):
             try:
+                written = False  # labels already on disk (block-wise into zarr)
                 if path in file_tasks:
                     instances, semantic = file_tasks.pop(path).result()
                     zarr_axes = (None, None) if args.output_format == "zarr" else None
@@ -231,13 +233,13 @@ def cmd_predict(args) -> int:
                             instances = segment_on_cluster(
                                 client, path, image, args, report, labels_to, channel_axis
                             )
-                            zarr_axes = "written" if labels_to else zarr_axes
+                            written = labels_to is not None
                         else:
                             options = engine_options(args, channel_axis)
                             instances, semantic = predict.segment(
                                 image, loaded, progress=report, **options
                             )
-                _write_predictions(path.stem, outdir, instances, semantic, zarr_axes)
+                _write_predictions(path.stem, outdir, instances, semantic, zarr_axes, written)
                 if coco is not None:
                     _add_to_coco(coco, path.name, instances)
                 sizing = describe(instances.metadata)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .draining import drain
 from .postprocess import smallest_label_dtype
 from .types import Progress
 
@@ -105,12 +106,8 @@ def paint_regions(
     exclusive) and pixel counts of what each id got."""
     dtype = np.dtype(smallest_label_dtype(len(kept)))
     labels = np.zeros(shape, dtype) if make_labels is None else make_labels(shape, dtype)
-    painting = iter_paint_regions(kept, regions, labels)
-    while True:
-        try:
-            next(painting)
-        except StopIteration as stop:
-            return (labels, *stop.value)
+    boxes, areas = drain(iter_paint_regions(kept, regions, labels))
+    return labels, boxes, areas
 
 
 def iter_paint_regions(

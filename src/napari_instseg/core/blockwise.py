@@ -165,8 +165,10 @@ def iter_segment_blockwise(
     refused += ["rescale"] if options.get("rescale", 1.0) != 1.0 else []
     if refused:
         raise InputError(f"block-wise segmentation does not take {', '.join(refused)}")
-    if labels_to is not None and Path(labels_to).exists():  # before hours of work, not after
-        raise InputError(f"{Path(labels_to).name} exists; remove it or choose another name")
+    if labels_to is not None:  # before hours of work, not after
+        from .zarr_io import refuse_existing
+
+        refuse_existing(labels_to)
     image = _open(source)
     if image.ndim < 2 or (image.ndim > 2 and image.shape[-1] in (3, 4)):
         raise InputError(
@@ -181,9 +183,9 @@ def iter_segment_blockwise(
     plan = plan_blocks(height, width, block_size, halo, tiling)
     slices = list(np.ndindex(*stack_shape)) if stack_shape else [()]
     blocks, task_options = [], []
+    given = options.get("intensity_range")
     for index in slices:
         # each slice normalised as the engine would the whole slice
-        given = options.get("intensity_range")
         slice_range = given or whole_image_range(image, loaded.info, index)
         blocks += [replace(block, stack_index=index) for block in plan]
         task_options += [{**options, "intensity_range": slice_range}] * len(plan)

@@ -80,6 +80,11 @@ def fitted_tile_grid(height: int, width: int, tile: int, overlap: int) -> list[T
 
 def _grid(height: int, width: int, tile_h: int, tile_w: int, overlap: int) -> list[Tile]:
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    return _tiles_at(ys, xs, tile_h, tile_w, height, width)
+
+
+def _tiles_at(ys, xs, tile_h: int, tile_w: int, height: int, width: int) -> list[Tile]:
+    """Tiles at the given row and column starts, with the windows they own."""
     own_ys, own_xs = ownership_bounds(ys, tile_h, height), ownership_bounds(xs, tile_w, width)
     return [
         Tile(y, min(y + tile_h, height), x, min(x + tile_w, width), oy, ox, row)
@@ -102,12 +107,7 @@ def window_tile_grid(
     xs = [s - ox for s in tile_starts(width, tw, overlap) if ox <= s and s + tw <= ox + w]
     if not (_covers(ys, th, h) and _covers(xs, tw, w)):
         return fitted_tile_grid(h, w, tile, overlap)
-    own_ys, own_xs = ownership_bounds(ys, th, h), ownership_bounds(xs, tw, w)
-    return [
-        Tile(y, y + th, x, x + tw, oy_, ox_, row)
-        for row, (y, oy_) in enumerate(zip(ys, own_ys))
-        for x, ox_ in zip(xs, own_xs)
-    ]
+    return _tiles_at(ys, xs, th, tw, h, w)
 
 
 def _covers(starts: list[int], tile: int, length: int) -> bool:

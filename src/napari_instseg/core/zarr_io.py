@@ -127,9 +127,7 @@ def label_image_writer(path, shape, dtype, axes=None, scale=None):
     error, so a half-written output is never taken for a finished one."""
     import zarr
 
-    path = Path(path)
-    if path.exists():
-        raise InputError(f"{path.name} exists; remove it or choose another output folder")
+    path = refuse_existing(path)
     partial = path.with_name(path.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)  # left by an interrupted run: never a finished output
@@ -164,6 +162,14 @@ def label_image_writer(path, shape, dtype, axes=None, scale=None):
         }
     )
     partial.rename(path)
+
+
+def refuse_existing(path) -> Path:
+    """``path`` as a Path, or an InputError when something is there already."""
+    path = Path(path)
+    if path.exists():
+        raise InputError(f"{path.name} exists; remove it or choose another output folder")
+    return path
 
 
 def open_label_image(path, mode: str = "r+"):

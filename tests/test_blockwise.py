@@ -245,3 +245,18 @@ def test_cancelling_leaves_no_labels_file(tmp_path, stop_at):
             progress=lambda step: seen.append(step.message), cancel=cancel,
         )  # fmt: skip
     assert not target.exists() and not (tmp_path / "labels.zarr.partial").exists()
+
+
+def test_intensity_range_fixes_the_normalisation_and_is_checked():
+    from napari_instseg.core.blockwise import whole_image_range
+    from napari_instseg.core.models.loading import load_model
+
+    own = whole_image_range(IMAGE, load_model("nuclei-unet", "cpu").info)
+    plain = segment_semantic(IMAGE, "nuclei-unet").instances
+    fixed = segment_semantic(IMAGE, "nuclei-unet", intensity_range=own).instances
+    np.testing.assert_array_equal(plain.labels, fixed.labels)  # its own range: the same
+    darker = segment_semantic(IMAGE, "nuclei-unet", intensity_range=(0, 4 * own[1][0])).instances
+    assert not np.array_equal(plain.labels, darker.labels)  # the range is what is used
+    for wrong in [(5, 1), (0, float("nan")), (0, 1, 2), "bright"]:
+        with pytest.raises(InputError, match="intensity range"):
+            segment_semantic(IMAGE, "nuclei-unet", intensity_range=wrong)

@@ -72,14 +72,14 @@ class _GpuOnlyOutOfMemory(torch.nn.Module):
 
 
 def test_gpu_out_of_memory_falls_back_to_a_cpu_copy(oracle_unet, monkeypatch):
-    from napari_instseg.core import semantic_engine
+    from napari_instseg.core import reading
 
     image, _ = disc_image((200, 200), [(60, 60)], 10)
     reference = segment_semantic(image, oracle_unet, tile_size=128)
     oracle_unet.module = _GpuOnlyOutOfMemory(oracle_unet.module)
     oracle_unet.device = torch.device("meta")  # stands in for a GPU here
     monkeypatch.setattr(
-        semantic_engine,
+        reading,
         "to_tensor",
         lambda tiles, device, divisor: torch.from_numpy(
             np.stack(tiles).transpose(0, 3, 1, 2).copy()

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .device_instances import fits_on
+from .device_painting import paint_on_device
 from .postprocess import instance_result_from_labels, relabel_sequential
 from .types import InstanceResult
 
@@ -67,17 +69,13 @@ class Detections:
     masks: np.ndarray
     class_names: tuple[str, ...]
 
-    def paint(self, mask_threshold: float = 0.5) -> InstanceResult:
-        """The label image and per-instance arrays (see ``paint_instances``)."""
-        return paint_instances(
-            self.shape,
-            self.boxes,
-            self.scores,
-            self.classes,
-            self.masks,
-            self.class_names,
-            mask_threshold,
-        )
+    def paint(self, mask_threshold: float = 0.5, device: torch.device | None = None):
+        """The label image and per-instance arrays (see ``paint_instances``);
+        on a CUDA ``device`` painted there, all masks of a size at once."""
+        arrays = (self.shape, self.boxes, self.scores, self.classes, self.masks, self.class_names)
+        if device is not None and fits_on(device, self.shape[0] * self.shape[1]):
+            return paint_on_device(*arrays, device, mask_threshold)
+        return paint_instances(*arrays, mask_threshold)
 
 
 def paint_instances(

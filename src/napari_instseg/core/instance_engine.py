@@ -30,7 +30,6 @@ from .reading import (
     check_dtype,
     resolve_axes,
     stack_indices,
-    to_tensor,
 )
 from .types import InputError, InstanceResult, Progress
 
@@ -74,7 +73,7 @@ def iter_segment_instances(
                 work, loaded, *settings, counter, len(indices), again
             )
             # painted slice by slice: a stack's raw masks are never all held at once
-            result = detections.paint(mask_threshold)
+            result = detections.paint(mask_threshold, loaded.device)
             return result if scale == 1.0 else resize_instances(result, reader.shape)
 
         results.append((yield from sizing.passes(run, lambda result: result.labels)))
@@ -153,10 +152,9 @@ def _detections(
     height, width = work.shape
     tiles = work.tile_grid(tile_size, overlap)
     boxes, scores, classes, masks = [], [], [], []
-    for batch_tiles, arrays in work.batches(tiles, loaded.device):
-        x = to_tensor(arrays, loaded.device, 1)
+    for batch_tiles, x in work.tensor_batches(tiles, loaded.device, 1):
         with torch.inference_mode():  # the predictor picks the precision of each stage
-            sizes = [a.shape[:2] for a in arrays]
+            sizes = [(t.y1 - t.y0, t.x1 - t.x0) for t in batch_tiles]
             if augment:
                 found = augmented_detections(loaded, x, sizes, score_threshold)
             else:

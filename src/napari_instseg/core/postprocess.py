@@ -84,15 +84,17 @@ def instance_result_from_labels(
     class_names: list[str],
     scores: np.ndarray | None = None,
     class_ids: np.ndarray | None = None,
+    boxes: np.ndarray | None = None,
 ) -> InstanceResult:
-    """Wrap 2D labels numbered 1..N (N = labels.max()) as an InstanceResult."""
+    """Wrap 2D labels numbered 1..N (N = labels.max()) as an InstanceResult
+    (``boxes``, when known, spare reading the labels for them)."""
     n = int(labels.max()) if labels.size else 0
     label_ids = np.arange(1, n + 1, dtype=np.int64)
     final = labels.astype(smallest_label_dtype(n), copy=False)
     return InstanceResult(
         labels=final,
         label_ids=label_ids,
-        boxes=boxes_from_labels(final, label_ids),
+        boxes=boxes_from_labels(final, label_ids) if boxes is None else boxes,
         scores=np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32),
         class_ids=np.ones(n, np.int64) if class_ids is None else np.asarray(class_ids, np.int64),
         class_names=list(class_names),

@@ -12,10 +12,12 @@ from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-from . import options
+from . import device_instances, options
 from .augmentation import augmented_probabilities
+from .blending import BandBlender, blending_device
 from .devices import configure_cpu_threads
 from .diameter import SlicePlan
 from .linking import check_link, link_stack
@@ -35,9 +37,8 @@ from .reading import (
     check_dtype,
     resolve_axes,
     stack_indices,
-    to_tensor,
 )
-from .tiling import Tile, blend_window
+from .tiling import Tile
 from .types import Progress, SemanticResult
 
 MIN_MEASURED_SIZE = 4  # pixels: smaller specks say nothing about object size
@@ -97,7 +98,7 @@ def iter_segment_semantic(
                 settings, reader, scale, len(indices), counter, again, measure=auto and not again
             )
 
-        output = yield from sizing.passes(run, lambda output: output[4])
+        output = yield from sizing.passes(run, lambda output: output.measured)
         outputs.append(output)
     result = _assemble(outputs, stack_shape, spatial, loaded)
     result.instances.metadata.update(sizing.report(stack_shape))
@@ -133,6 +134,20 @@ class _Settings:
     part_of: tuple | None = None
 
 
+@dataclass
+class _SliceOutput:
+    """One slice's class map, probabilities, labels and per-object table."""
+
+    classes: np.ndarray
+    probabilities: np.ndarray | None
+    labels: np.ndarray
+    measured: np.ndarray  # labels to measure object size on (diameter="auto")
+    instance_probability: np.ndarray | None = None  # uint8, x 255: scores come from it
+    boxes: np.ndarray | None = None
+    areas: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
 def _segment_slice(
     settings: _Settings,
     reader: SliceReader,
@@ -141,9 +156,8 @@ def _segment_slice(
     counter: TileCounter,
     again: bool = False,
     measure: bool = False,
-):
-    """(classes, interior probability, probabilities, labels, labels to
-    measure) of one slice predicted at ``scale``, at the slice's own size."""
+) -> Generator:
+    """The ``_SliceOutput`` of one slice predicted at ``scale``, at the slice's own size."""
     loaded, tile_size, overlap = settings.loaded, settings.tile_size, settings.overlap
     work = NormalisedSlice(reader, loaded.info, scale, settings.intensity_range, settings.part_of)
     tiles = len(work.tile_grid(tile_size, overlap))
@@ -158,17 +172,24 @@ def _segment_slice(
         return _class_maps(work, model, tile, overlap, keep, settings.interior, settings.augment)
 
     steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.tile_grid)
-    classes, interior_probability, probs = yield from counter.run(steps, "predicting tiles")
+    blended = yield from counter.run(steps, "predicting tiles")
+    rules = dict(
+        interior_class=settings.interior,
+        boundary_class=settings.boundary,
+        seed_threshold=settings.seed_threshold,
+    )
+    if device_instances.fits_on(blended.device, height * width) and scale == 1.0:
+        try:
+            return _instances_on_device(blended, settings.min_size, rules, measure)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()  # the CPU takes over below
+    classes = blended.classes.cpu().numpy()
+    interior_probability = blended.instance_probability.cpu().numpy()
 
     def instances(min_size: int) -> np.ndarray:
         # at the size the network saw, where the post-processing was tuned
         labels = instances_from_classes(
-            classes,
-            min_size,
-            interior_class=settings.interior,
-            boundary_class=settings.boundary,
-            seed_probability=interior_probability,
-            seed_threshold=settings.seed_threshold,
+            classes, min_size, seed_probability=interior_probability, **rules
         )
         return labels if scale == 1.0 else relabel_sequential(resize_labels(labels, reader.shape))
 
@@ -179,7 +200,40 @@ def _segment_slice(
     if scale != 1.0:
         classes = resize_labels(classes, reader.shape)
         interior_probability = resize_labels(interior_probability, reader.shape)
-    return classes, interior_probability, probs, labels, measured
+    return _SliceOutput(classes, blended.probabilities, labels, measured, interior_probability)
+
+
+def _instances_on_device(blended: BandBlender, min_size: int, rules: dict, measure: bool):
+    """Labels and their table made on the GPU that blended the tiles; only
+    the class map and the labels travel to the host."""
+    classes, probability = blended.classes, blended.instance_probability
+
+    def instances(size: int):
+        return device_instances.instances_from_classes(
+            classes, size, seed_probability=probability, **rules
+        )
+
+    labels = instances(min_size)
+    boxes, areas, scores = device_instances.object_statistics(labels, probability)
+    measured = instances(MIN_MEASURED_SIZE).cpu().numpy() if measure else None
+    labels = labels.cpu().numpy()
+    return _SliceOutput(
+        classes.cpu().numpy(),
+        blended.probabilities,
+        labels,
+        labels if measured is None else measured,
+        boxes=boxes,
+        areas=areas,
+        scores=scores,
+    )
+
+
+def _mean_probabilities(probability: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each instance's mean interior probability (0..1), its score."""
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return np.zeros(0)
+    return ndimage.mean(probability, labels, np.arange(1, n + 1)) / 255.0
 
 
 def _class_maps(
@@ -190,77 +244,55 @@ def _class_maps(
     keep_probabilities: bool,
     instance_class: int,
     augment: bool = False,
-) -> Generator[None, None, tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
-    """Class map, the instance class's probability (uint8, x 255) and optional
-    probabilities of one slice, yielding once per tile."""
+) -> Generator[None, None, BandBlender]:
+    """The blended class map, the instance class's probability (uint8, x 255)
+    and optional probabilities of one slice, yielding once per tile."""
     divisor = getattr(loaded.predictor, "size_divisor", 16)
     height, width = work.shape
-    n_classes = len(loaded.info.class_names)
-    ramp = max(1, overlap // 2)
-    classes = np.zeros((height, width), np.uint8)
-    instance_probability = np.zeros((height, width), np.uint8)
-    probabilities = np.zeros((n_classes, height, width), np.float32) if keep_probabilities else None
-
+    blender = BandBlender(
+        (height, width),
+        len(loaded.info.class_names),
+        max(1, overlap // 2),
+        instance_class,
+        blending_device(loaded.device),
+        keep_probabilities,
+    )
     rows: dict[int, list[Tile]] = {}
     for tile in work.tile_grid(tile_size, overlap):
         rows.setdefault(tile.row, []).append(tile)
     row_starts = [rows[r][0].y0 for r in sorted(rows)] + [height]
-    band_start = 0
-    band_acc = np.zeros((n_classes, 0, width), np.float32)
-    band_weight = np.zeros((0, width), np.float32)
     for r in sorted(rows):
-        row_tiles = rows[r]
-        # extend the band to cover this row's tiles
-        grow = row_tiles[0].y1 - (band_start + band_acc.shape[1])
-        if grow > 0:
-            band_acc = np.concatenate([band_acc, np.zeros((n_classes, grow, width), np.float32)], 1)
-            band_weight = np.concatenate([band_weight, np.zeros((grow, width), np.float32)], 0)
-        for batch_tiles, arrays in work.batches(row_tiles, loaded.device):
-            x = to_tensor(arrays, loaded.device, divisor)
+        for batch_tiles, x in work.tensor_batches(rows[r], loaded.device, divisor):
             probs = augmented_probabilities(loaded, x) if augment else loaded.predict_tiles(x)
-            probs = probs.float().cpu().numpy()
-            for k, t in enumerate(batch_tiles):
-                th, tw = t.y1 - t.y0, t.x1 - t.x0
-                weight = np.outer(blend_window(th, ramp), blend_window(tw, ramp))
-                sl = (slice(t.y0 - band_start, t.y1 - band_start), slice(t.x0, t.x1))
-                band_acc[(slice(None), *sl)] += probs[k, :, :th, :tw] * weight
-                band_weight[sl] += weight
+            for k, tile in enumerate(batch_tiles):
+                blender.add(tile, probs[k])
                 yield
         # rows before the next tile row are final
-        final_end = row_starts[r + 1] if r + 1 < len(row_starts) - 1 else height
-        n_final = final_end - band_start
-        blended = band_acc[:, :n_final] / np.maximum(band_weight[:n_final], 1e-6)
-        classes[band_start:final_end] = blended.argmax(0)
-        instance_probability[band_start:final_end] = np.round(blended[instance_class] * 255).astype(
-            np.uint8
-        )
-        if probabilities is not None:
-            probabilities[:, band_start:final_end] = blended
-        band_acc = band_acc[:, n_final:]
-        band_weight = band_weight[n_final:]
-        band_start = final_end
-    return classes, instance_probability, probabilities
+        blender.close_rows(row_starts[r + 1] if r + 1 < len(row_starts) - 1 else height)
+    return blender
 
 
-def _assemble(outputs, stack_shape, spatial, loaded) -> SemanticResult:
+def _assemble(outputs: list[_SliceOutput], stack_shape, spatial, loaded) -> SemanticResult:
     """One SemanticResult from the slices' class maps and labels; an
     instance's score is its mean interior probability."""
     instance_class = loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
     class_names = ["background", instance_class]
     results = []
-    for i, (classes, interior_probability, probs, labels, _) in enumerate(outputs):
-        n = int(labels.max()) if labels.size else 0
-        scores = (
-            ndimage.mean(interior_probability, labels, np.arange(1, n + 1)) / 255.0
-            if n
-            else np.zeros(0)
+    for output in outputs:
+        scores = output.scores
+        if scores is None:
+            scores = _mean_probabilities(output.instance_probability, output.labels)
+        result = instance_result_from_labels(
+            output.labels, class_names, scores=scores, boxes=output.boxes
         )
-        results.append(instance_result_from_labels(labels, class_names, scores=scores))
-        outputs[i] = (classes, None, probs, None, None)  # a long stack is not held twice
+        result.areas = output.areas
+        results.append(result)
+        # a long stack is not held twice
+        output.labels = output.measured = output.instance_probability = None
     instances = stack_instances(results, stack_shape, spatial, class_names)
-    classes = np.stack([o[0] for o in outputs]).reshape(*stack_shape, *spatial)
+    classes = np.stack([o.classes for o in outputs]).reshape(*stack_shape, *spatial)
     probs = None
-    if all(o[2] is not None for o in outputs):
-        probs = np.stack([o[2] for o in outputs], axis=1)
+    if all(o.probabilities is not None for o in outputs):
+        probs = np.stack([o.probabilities for o in outputs], axis=1)
         probs = probs.reshape(probs.shape[0], *stack_shape, *spatial)
     return SemanticResult(classes, list(loaded.info.class_names), instances, probs)

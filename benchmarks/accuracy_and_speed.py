@@ -1,7 +1,7 @@
 """Accuracy of the bundled models on the DSB2018 val and test splits, and CPU speed.
 
     python benchmarks/accuracy_and_speed.py [--data ../shared/data/dsb2018] [--threads 2]
-        [--split val|test|both] [--skip-accuracy] [--skip-speed]
+        [--split val|test|both] [--skip-accuracy] [--skip-speed] [--candidate CKPT ...]
 
 Accuracy: AP = TP / (TP + FP + FN) with one-to-one matching at IoU tau, counts
 summed over images (as in the StarDist paper), for all images of a split, for
@@ -96,7 +96,9 @@ def classical_baseline(image: np.ndarray) -> np.ndarray:
     return watershed(-distance, markers, mask=mask)
 
 
-def predictors(device: str = "cpu", classical: bool = True):
+def predictors(device: str = "cpu", classical: bool = True, candidates=()):
+    """Name -> labels function: the bundled models, checkpoints ``candidates``
+    (paths; named by their run folder) and the classical baseline."""
     found = {}
     if bundled_weights_path("nuclei-unet").exists():
         unet = load_model("nuclei-unet", device)
@@ -104,9 +106,21 @@ def predictors(device: str = "cpu", classical: bool = True):
     if bundled_weights_path("nuclei-maskrcnn").exists():
         mrcnn = load_model("nuclei-maskrcnn", device)
         found["nuclei-maskrcnn"] = lambda img: segment_instances(img, mrcnn).labels
+    for path in candidates:
+        found[candidate_name(path)] = _labels_function(load_model(str(path), device))
     if classical:
         found["classical (Otsu + watershed)"] = classical_baseline
     return found
+
+
+def candidate_name(path: Path) -> str:
+    return f"candidate {Path(path).parent.name}/{Path(path).stem}"
+
+
+def _labels_function(loaded):
+    if loaded.info.task == "semantic":
+        return lambda img: segment_semantic(img, loaded).instances.labels
+    return lambda img: segment_instances(img, loaded).labels
 
 
 SUBSETS = ("all", "gray", "gray-bright")
@@ -182,20 +196,20 @@ def print_accuracy(per_image: dict, split: str = "val") -> None:
             print(f"{name:<32} {subset:<14} {len(counts):>3} " + " ".join(cells).rstrip())
 
 
-def held_out_status() -> None:
-    """Whether each bundled model was trained without the test images."""
+def held_out_status(candidates=()) -> None:
+    """Whether each bundled model and candidate was trained without the test images."""
     print(f"\ntest: the {len(read_split(SPLIT_FILE))} train images of {SPLIT_FILE.name}")
-    for name in ("nuclei-unet", "nuclei-maskrcnn"):
-        if bundled_weights_path(name).exists():
-            training = load_model(name, "cpu").info.training
-            held_out = training.get("held_out")
-            status = (
-                f"held out ({held_out})"
-                if held_out and not held_out.startswith("none")
-                else f"NOT held out: trained on {training.get('train_image_count', '?')} train "
-                "images, test included, so its test figures are not honest"
-            )
-            print(f"  {name}: {status}")
+    names = [n for n in ("nuclei-unet", "nuclei-maskrcnn") if bundled_weights_path(n).exists()]
+    for name in names + [str(path) for path in candidates]:
+        training = load_model(name, "cpu").info.training
+        held_out = training.get("held_out")
+        status = (
+            f"held out ({held_out})"
+            if held_out and not held_out.startswith("none")
+            else f"NOT held out: trained on {training.get('train_image_count', '?')} train "
+            "images, test included, so its test figures are not honest"
+        )
+        print(f"  {name}: {status}")
 
 
 def speed(data: Path) -> dict:
@@ -253,6 +267,13 @@ def main(argv=None) -> int:
     parser.add_argument("--split", choices=["val", "test", "both"], default="both")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument(
+        "--candidate",
+        type=Path,
+        action="append",
+        default=[],
+        help="a checkpoint to score beside the bundled models (a candidate for bundling)",
+    )
+    parser.add_argument(
         "--skip-speed", action="store_true", help="no tiling agreement, no speed (accuracy only)"
     )
     args = parser.parse_args(argv)
@@ -261,10 +282,10 @@ def main(argv=None) -> int:
     precision = "bfloat16" if cpu_has_fast_bfloat16() else "float32"
     print(f"engine precision on this CPU: {precision} (NAPARI_INSTSEG_CPU_BFLOAT16=0: float32)")
     if not args.skip_accuracy:
-        methods = predictors()
+        methods = predictors(candidates=args.candidate)
         for split in ("val", "test") if args.split == "both" else (args.split,):
             if split == "test":
-                held_out_status()
+                held_out_status(args.candidate)
             print_accuracy(accuracy(args.data, methods, split), split)
     if args.skip_speed:
         return 0

@@ -1,6 +1,7 @@
 """GPU throughput of the bundled models in float16, in megapixels per second.
 
     python benchmarks/gpu_throughput.py [--size 4096] [--batch 8] [--data ../shared/data/dsb2018]
+        [--profile]
 
 Two figures per model, both in float16 autocast (the engine's precision on CUDA):
 - network: batches of 512x512 nuclei tiles through the network alone, input
@@ -117,6 +118,25 @@ def whole_call_throughput(field: np.ndarray, unet, mrcnn) -> tuple[dict, dict]:
     return out, counts
 
 
+def profile_whole_calls(field: np.ndarray, unet, mrcnn, top: int = 12) -> None:
+    """Where each whole call's host time goes: cProfile of one call, the
+    engine's functions by cumulative time (GPU work shows up where the host
+    waits for it, at the copies back)."""
+    import cProfile
+    import pstats
+
+    for name, call in [
+        ("nuclei-unet", lambda: segment_semantic(field, unet)),
+        ("nuclei-maskrcnn", lambda: segment_instances(field, mrcnn)),
+    ]:
+        profiler = cProfile.Profile()
+        profiler.runcall(call)
+        _synchronize()
+        print(f"\n{name}: one whole call under cProfile, top {top} engine functions")
+        stats = pstats.Stats(profiler).sort_stats("cumulative")
+        stats.print_stats("napari_instseg", top)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096, help="whole-call field side (px)")
@@ -124,6 +144,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     parser.add_argument("--data", type=Path, help="DSB2018 folder: also measure val AP on the GPU")
     parser.add_argument("--device", default="cuda", help="cpu: only to check the script")
+    parser.add_argument(
+        "--profile", action="store_true", help="also profile one whole call of each model"
+    )
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA GPU: nothing to measure")
@@ -145,6 +168,8 @@ def main(argv=None) -> int:
     print(f"\nWhole call on a {args.size}x{args.size} field (median of 3 after a warm-up)")
     for (name, value), found in zip(rates.items(), counts.values()):
         print(f"{name:<40} {value:>8.1f} Mpx/s  ({found} objects)")
+    if args.profile:
+        profile_whole_calls(field, unet, mrcnn)
 
     if args.data:
         print_accuracy(accuracy(args.data, predictors(args.device, classical=False)))

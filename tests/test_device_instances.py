@@ -78,6 +78,17 @@ def test_instances_equal_scipys_pixel_for_pixel(device, seed, use_probability):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_a_model_without_boundary_class(device):
+    classes, probability = _class_map(3)
+    classes[classes == 2] = 0
+    classes[:3, :3] = 255  # would equal -1 after wrapping round in uint8
+    options = dict(min_size=5, boundary_class=-1, seed_probability=None)
+    expected = postprocess.instances_from_classes(classes, **options)
+    got = device_instances.instances_from_classes(torch.from_numpy(classes).to(device), **options)
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_object_statistics_match_the_cpu_table(device):
     classes, probability = _class_map(5)
     labels = postprocess.instances_from_classes(classes, seed_probability=probability)

@@ -103,7 +103,9 @@ def instances_from_classes(
 ) -> torch.Tensor:
     """``postprocess.instances_from_classes`` on tensors: int32 labels 1..N on
     the tensors' device."""
-    foreground = (classes == interior_class) | (classes == boundary_class)
+    foreground = classes == interior_class
+    if boundary_class >= 0:  # -1: the model has none (and would wrap round in uint8)
+        foreground |= classes == boundary_class
     if seed_probability is not None:
         seeds_mask = seed_probability >= round(seed_threshold * 255)
     else:

@@ -38,18 +38,14 @@ class BandBlender:
         device: torch.device,
         keep_probabilities: bool,
     ):
-        self.height, self.width = shape
+        self.width = shape[1]
         self.n_classes = n_classes
         self.ramp = ramp
         self.instance_class = instance_class
         self.device = device
-        on_host = device.type == "cpu"
-
-        def output(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array) if on_host else torch.from_numpy(array).to(device)
-
-        self.classes = output(np.zeros(shape, np.uint8))
-        self.instance_probability = output(np.zeros(shape, np.uint8))
+        # on the CPU, .to() keeps these views of numpy arrays (no copy)
+        self.classes = torch.from_numpy(np.zeros(shape, np.uint8)).to(device)
+        self.instance_probability = torch.from_numpy(np.zeros(shape, np.uint8)).to(device)
         # kept on the host: the caller wants numpy, and a GPU's memory is scarcer
         self.probabilities = (
             np.zeros((n_classes, *shape), np.float32) if keep_probabilities else None

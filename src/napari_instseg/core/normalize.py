@@ -52,12 +52,18 @@ def apply_range(tile: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.nda
     """
     with np.errstate(over="ignore", invalid="ignore"):
         tile = np.asarray(tile, dtype=np.float32)
-    span = highs - lows
-    span = np.where(span > 1e-12, span, np.inf).astype(np.float32)
+    span = range_span(lows, highs)
     with np.errstate(over="ignore", invalid="ignore"):
         out = (tile - lows) / span
     out[~np.isfinite(out)] = 0.0
     return out
+
+
+def range_span(lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+    """``highs - lows`` as float32, infinite for a constant channel (so that
+    dividing by it gives 0 instead of a division by zero)."""
+    span = highs - lows
+    return np.where(span > 1e-12, span, np.inf).astype(np.float32)
 
 
 def as_model_channels(image: np.ndarray, in_channels: int) -> np.ndarray:

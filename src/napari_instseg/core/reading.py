@@ -15,7 +15,13 @@ import torch
 from torch.nn import functional as F
 
 from .devices import inference_batch_size
-from .normalize import apply_range, as_model_channels, percentile_range, statistics_strides
+from .normalize import (
+    apply_range,
+    as_model_channels,
+    percentile_range,
+    range_span,
+    statistics_strides,
+)
 from .tiling import Tile, fitted_tile_grid, window_tile_grid
 from .types import InputError
 
@@ -181,8 +187,7 @@ class NormalisedSlice:
         for i in range(0, len(tiles), size):
             by_shape: dict[tuple, list] = {}
             for tile in tiles[i : i + size]:
-                ys, xs = slice(tile.y0, tile.y1), slice(tile.x0, tile.x1)
-                array = self.window(ys, xs) if normalised else self._raw_window(ys, xs)
+                array = self.tile(tile) if normalised else self._raw_tile(tile)
                 by_shape.setdefault(array.shape, []).append((tile, array))
             for group in by_shape.values():
                 yield [t for t, _ in group], [a for _, a in group]
@@ -198,8 +203,8 @@ class NormalisedSlice:
             else:
                 yield batch_tiles, to_tensor(arrays, device, divisor)
 
-    def _raw_window(self, ys: slice, xs: slice) -> np.ndarray:
-        raw = self.reader.read(ys, xs)
+    def _raw_tile(self, tile: Tile) -> np.ndarray:
+        raw = self.reader.read(slice(tile.y0, tile.y1), slice(tile.x0, tile.x1))
         if not (raw.shape[-1] == 1 and self.in_channels > 1):
             raw = as_model_channels(raw, self.in_channels)
         with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: inf, then 0
@@ -210,10 +215,9 @@ class NormalisedSlice:
         x = torch.from_numpy(np.stack(raw_tiles)).to(device)
         if x.shape[-1] != self.in_channels:  # a gray image feeds every channel
             x = x.expand(*x.shape[:-1], self.in_channels)
-        span = self.highs - self.lows
-        span = np.where(span > 1e-12, span, np.inf).astype(np.float32)
         lows, span = (
-            torch.from_numpy(np.asarray(v, np.float32)).to(device) for v in (self.lows, span)
+            torch.from_numpy(np.asarray(v, np.float32)).to(device)
+            for v in (self.lows, range_span(self.lows, self.highs))
         )
         out = (x - lows) / span
         out = torch.where(torch.isfinite(out), out, torch.zeros((), device=device))

@@ -179,6 +179,21 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="scale jitter of the crops (default 0.7 1.5)",
+    )
+    parser.add_argument(
+        "--lowres-probability",
+        type=float,
+        default=0.0,
+        help="share of crops shrunk 1.5-2.5x and enlarged back (detail lost as at "
+        "a lower magnification); default 0",
+    )
+    parser.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -247,6 +262,9 @@ def main(argv=None) -> int:
         ),
     )
     config.augment.crop_size = args.crop_size
+    if args.scale_range:
+        config.augment.scale_range = tuple(args.scale_range)
+    config.augment.lowres_probability = args.lowres_probability
     info = model_info(args.model, parse_config_overrides(args.config))
     module = build_model(info)
     if args.init:  # continue from earlier weights with a fresh optimiser and schedule

@@ -7,7 +7,7 @@ import torch
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
 from napari_instseg.core.batches import detection_target
-from napari_instseg.core.data import AnnotatedImage, unet_targets
+from napari_instseg.core.data import AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
 from napari_instseg.core.models.loading import LoadedModel, build_model
 from napari_instseg.core.predict import drain
 from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
@@ -30,6 +30,28 @@ def test_unet_targets_mark_boundaries_between_touching_objects():
     classes = unet_targets(labels)
     assert classes[0].max() == 0
     assert (classes[4, 5:7] == 2).all() and classes[4, 3] == 1
+
+
+def test_lost_detail_augmentation_blurs_edges_but_keeps_labels_and_the_default_stream():
+    sample = disc_samples(1)[0]
+    plain = AugmentConfig(crop_size=64, scale_range=(1, 1), blur_probability=0, noise_probability=0)
+    image, _ = augmented_crop(sample, plain, np.random.default_rng(3))
+    # lowres_probability 0 draws nothing: the same crop as before the option existed
+    again, _ = augmented_crop(sample, AugmentConfig(**plain.__dict__), np.random.default_rng(3))
+    np.testing.assert_array_equal(image, again)
+
+    def lowres(factor):
+        config = AugmentConfig(**{**plain.__dict__, "lowres_probability": 1.0})
+        config.lowres_factor = (factor, factor)
+        return augmented_crop(sample, config, np.random.default_rng(3))
+
+    sharp, sharp_labels = lowres(1.0)  # shrinking 1x changes nothing
+    blurred, blurred_labels = lowres(2.0)
+    assert blurred.shape == sharp.shape
+    np.testing.assert_array_equal(blurred_labels, sharp_labels)
+    edge_strength = lambda x: np.abs(np.diff(x[0], axis=1)).max()  # noqa: E731
+    assert edge_strength(blurred) < 0.8 * edge_strength(sharp)
+    assert abs(blurred.mean() - sharp.mean()) < 0.05
 
 
 def test_detection_target_drops_slivers():

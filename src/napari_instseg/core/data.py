@@ -207,6 +207,10 @@ class AugmentConfig:
     invert_probability: float = 0.25
     gray_probability: float = 0.15
     channel_shuffle_probability: float = 0.2
+    # Detail lost as in an image taken at lower magnification and enlarged back
+    # (what diameter="auto" does to small nuclei): shrink by a factor, enlarge again.
+    lowres_probability: float = 0.0
+    lowres_factor: tuple[float, float] = (1.5, 2.5)
 
 
 def augmented_crop(
@@ -233,6 +237,9 @@ def augmented_crop(
         image = ndimage.zoom(image, (zoom, zoom, 1), order=1)
         labels = ndimage.zoom(labels, zoom, order=0)
     image, labels = _pad_to(image, labels, size)
+    # drawn only when asked for, so recipes without it keep their random sequence
+    if config.lowres_probability and rng.random() < config.lowres_probability:
+        image = _lost_detail(image, float(rng.uniform(*config.lowres_factor)))
 
     k = int(rng.integers(4))
     image, labels = np.rot90(image, k), np.rot90(labels, k)
@@ -261,6 +268,17 @@ def augmented_crop(
         image = image + rng.normal(0, rng.uniform(0, config.noise_sigma), image.shape)
     image = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     return image, np.ascontiguousarray(labels)
+
+
+def _lost_detail(image: np.ndarray, factor: float) -> np.ndarray:
+    """(Y, X, C) ``image`` shrunk ``factor`` times (anti-aliased as skimage's
+    resize does) and enlarged back to its shape."""
+    sigma = max(0.0, (factor - 1) / 2)
+    small = ndimage.zoom(
+        ndimage.gaussian_filter(image, (sigma, sigma, 0)), (1 / factor, 1 / factor, 1), order=1
+    )
+    back = (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1], 1)
+    return ndimage.zoom(small, back, order=1)[: image.shape[0], : image.shape[1]]
 
 
 def _pad_to(image: np.ndarray, labels: np.ndarray, size: int):

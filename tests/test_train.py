@@ -7,7 +7,13 @@ import torch
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
 from napari_instseg.core.batches import detection_target
-from napari_instseg.core.data import AnnotatedImage, AugmentConfig, augmented_crop, unet_targets
+from napari_instseg.core.data import (
+    AnnotatedImage,
+    AugmentConfig,
+    _zoomed,
+    augmented_crop,
+    unet_targets,
+)
 from napari_instseg.core.models.loading import LoadedModel, build_model
 from napari_instseg.core.predict import drain
 from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
@@ -52,6 +58,17 @@ def test_lost_detail_augmentation_blurs_edges_but_keeps_labels_and_the_default_s
     edge_strength = lambda x: np.abs(np.diff(x[0], axis=1)).max()  # noqa: E731
     assert edge_strength(blurred) < 0.8 * edge_strength(sharp)
     assert abs(blurred.mean() - sharp.mean()) < 0.05
+
+
+@pytest.mark.parametrize("window", [9, 171, 256, 366])
+def test_crops_are_zoomed_as_scipy_zooms_them(window):
+    from scipy import ndimage
+
+    image = np.random.default_rng(window).random((window, window - 3, 3)).astype(np.float32)
+    expected = ndimage.zoom(image, (256 / window, 256 / window, 1), order=1)
+    zoomed = _zoomed(image, 256 / window)
+    assert zoomed.shape == expected.shape and zoomed.dtype == np.float32
+    np.testing.assert_allclose(zoomed, expected, atol=1e-4)
 
 
 def test_detection_target_drops_slivers():

@@ -234,7 +234,7 @@ def augmented_crop(
     labels = sample.labels[y0 : y0 + window, x0 : x0 + window]
     zoom = size / window
     if abs(zoom - 1) > 1e-3:
-        image = ndimage.zoom(image, (zoom, zoom, 1), order=1)
+        image = _zoomed(image, zoom)
         labels = ndimage.zoom(labels, zoom, order=0)
     image, labels = _pad_to(image, labels, size)
     # drawn only when asked for, so recipes without it keep their random sequence
@@ -268,6 +268,21 @@ def augmented_crop(
         image = image + rng.normal(0, rng.uniform(0, config.noise_sigma), image.shape)
     image = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
     return image, np.ascontiguousarray(labels)
+
+
+def _zoomed(image: np.ndarray, zoom: float) -> np.ndarray:
+    """(Y, X, C) ``image`` resampled as ``ndimage.zoom(image, (zoom, zoom, 1),
+    order=1)`` resamples it (corners aligned, the same shape; equal to 1e-4),
+    by torch, which takes a third of scipy's time: the crops are what a GPU
+    training waits for."""
+    import torch
+
+    shape = tuple(int(round(side * zoom)) for side in image.shape[:2])
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+    zoomed = torch.nn.functional.interpolate(
+        torch.from_numpy(planes)[None], size=shape, mode="bilinear", align_corners=True
+    )
+    return zoomed[0].permute(1, 2, 0).numpy()
 
 
 def _lost_detail(image: np.ndarray, factor: float) -> np.ndarray:

@@ -112,5 +112,8 @@ def test_test_time_augmentation_keeps_exact_answers(oracle_unet, tiny_maskrcnn_p
 
 @pytest.mark.bundled
 def test_bundled_models_know_their_trained_diameter():
-    for name in ("nuclei-unet", "nuclei-maskrcnn"):
-        assert load_model(name, "cpu").info.object_diameter == pytest.approx(18.3)
+    # the median nucleus diameter of each model's training images: all 533
+    # shared train images for the Mask R-CNN, the 452 outside the test split
+    # for the U-Net
+    for name, diameter in (("nuclei-unet", 18.2), ("nuclei-maskrcnn", 18.3)):
+        assert load_model(name, "cpu").info.object_diameter == pytest.approx(diameter)

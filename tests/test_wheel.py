@@ -18,7 +18,6 @@ def test_wheel_holds_weights_manifest_and_samples(tmp_path):
     expected = {
         "napari_instseg/napari.yaml",
         "napari_instseg/weights/nuclei-unet.safetensors",
-        "napari_instseg/weights/nuclei-unet.metadata.json",
         "napari_instseg/weights/nuclei-maskrcnn.safetensors",
         "napari_instseg/weights/nuclei-maskrcnn.metadata.json",
         "napari_instseg/samples/nuclei.tif",

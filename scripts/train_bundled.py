@@ -233,16 +233,22 @@ def main(argv=None) -> int:
         action="store_true",
         help="only copy RUN_DIR/best.safetensors into the package (fp16)",
     )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="PATH",
+        help="only copy RUN_DIR/best.safetensors to PATH in float16, as --install does",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    if args.install:
+    if args.install or args.export:
         state, metadata = checkpoint.load_checkpoint(args.run_dir / "best.safetensors")
         metadata.pop("format_version")
-        target = bundled_weights_path(f"nuclei-{args.model}")
+        target = args.export or bundled_weights_path(f"nuclei-{args.model}")
         checkpoint.save_checkpoint(target, state, metadata, half_precision=True)
-        print(f"installed {target} ({target.stat().st_size / 1e6:.1f} MB)")
+        print(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB)")
         return 0
 
     device = resolve_device(args.device)

@@ -65,13 +65,8 @@ if [ -f "$runs/unet-gpu/best.safetensors" ]; then
   cp "$runs/unet-gpu/best.safetensors" "$out/unet.safetensors"
 fi
 if [ -f "$runs/maskrcnn-gpu/best.safetensors" ]; then
-  "$python" -c "
-import sys
-from napari_instseg.core.models import checkpoint
-state, metadata = checkpoint.load_checkpoint(sys.argv[1])
-metadata.pop('format_version')
-checkpoint.save_checkpoint(sys.argv[2], state, metadata, half_precision=True)
-" "$runs/maskrcnn-gpu/best.safetensors" "$runs/maskrcnn-half.safetensors"
+  "$python" scripts/train_bundled.py maskrcnn --run-dir "$runs/maskrcnn-gpu" \
+    --export "$runs/maskrcnn-half.safetensors"
   split -b 15000000 "$runs/maskrcnn-half.safetensors" "$out/maskrcnn.safetensors.part-"
 fi
 log "outputs: $(ls "$out" | tr '\n' ' ')"

@@ -9,8 +9,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from train_bundled import load_fitting_weights, model_info, parse_config_overrides  # noqa: E402
+from train_bundled import (  # noqa: E402
+    load_fitting_weights,
+    main,
+    model_info,
+    parse_config_overrides,
+)
 
+from napari_instseg.core.models import checkpoint  # noqa: E402
+from napari_instseg.core.models.bundled import bundled_weights_path  # noqa: E402
 from napari_instseg.core.models.loading import build_model  # noqa: E402
 from napari_instseg.core.types import ModelError  # noqa: E402
 
@@ -67,3 +74,19 @@ def test_anchor_sizes_take_several_sizes_per_pyramid_level():
     assert module.rpn.anchor_generator.num_anchors_per_location() == [6] * 5  # 2 sizes x 3 ratios
     assert module.rpn.head.cls_logits.out_channels == 6
     assert module.rpn.anchor_generator.sizes[0] == (4, 8)
+
+
+def test_export_writes_a_float16_copy_and_leaves_the_bundled_weights_alone(tmp_path):
+    state = {"layer.weight": torch.randn(3, 4), "steps": torch.tensor([7])}
+    checkpoint.save_checkpoint(tmp_path / "best.safetensors", state, {"name": "x", "note": 1})
+    bundled = bundled_weights_path("nuclei-unet")
+    before = bundled.stat().st_mtime_ns if bundled.exists() else None
+    assert (
+        main(["unet", "--run-dir", str(tmp_path), "--export", str(tmp_path / "h.safetensors")]) == 0
+    )
+    exported, metadata = checkpoint.load_checkpoint(tmp_path / "h.safetensors")
+    assert metadata["note"] == 1
+    # stored in float16 (read back as float32): the values are float16's roundings
+    torch.testing.assert_close(exported["layer.weight"], state["layer.weight"].half().float())
+    assert not torch.equal(exported["layer.weight"], state["layer.weight"])
+    assert (bundled.stat().st_mtime_ns if bundled.exists() else None) == before

@@ -33,7 +33,7 @@ from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA, _labels_function, candidate_name, load_images  # noqa: E402
 
 from napari_instseg import load_model  # noqa: E402
-from napari_instseg.core.metrics import _assign, iou_matrix  # noqa: E402
+from napari_instseg.core.metrics import _assign, iou_from_overlap, overlap_matrix  # noqa: E402
 
 SMALL_AREA = 40  # pixels
 MISSED = ("merged", "small", "other")
@@ -42,20 +42,15 @@ FALSE = ("split piece", "spurious")
 
 def error_counts(truth: np.ndarray, pred: np.ndarray) -> Counter:
     """Matched, missed (by class) and false (by class) objects of one image."""
-    truth_ids = np.unique(truth[truth > 0])
-    pred_ids = np.unique(pred[pred > 0])
-    rows, cols = _assign(iou_matrix(truth, pred), 0.5)
-    counts = Counter(matched=len(rows), truth=len(truth_ids), predicted=len(pred_ids))
-    # overlap[i, j]: pixels of true nucleus i inside predicted object j
-    t_index = np.searchsorted(truth_ids, truth[(truth > 0) & (pred > 0)])
-    p_index = np.searchsorted(pred_ids, pred[(truth > 0) & (pred > 0)])
-    overlap = np.zeros((len(truth_ids), len(pred_ids)), np.int64)
-    np.add.at(overlap, (t_index, p_index), 1)
-    true_area = np.bincount(np.searchsorted(truth_ids, truth[truth > 0]), minlength=len(truth_ids))
-    pred_area = np.bincount(np.searchsorted(pred_ids, pred[pred > 0]), minlength=len(pred_ids))
+    shared = overlap_matrix(truth, pred)  # row and column 0: background
+    rows, cols = _assign(iou_from_overlap(shared), 0.5)
+    overlap = shared[1:, 1:]  # pixels of true nucleus i inside predicted object j
+    true_area, pred_area = shared.sum(1)[1:], shared.sum(0)[1:]
+    n_true, n_pred = overlap.shape
+    counts = Counter(matched=len(rows), truth=n_true, predicted=n_pred)
     mostly_in = overlap * 2 >= np.maximum(true_area[:, None], 1)  # true i mostly inside pred j
     holds_many = mostly_in.sum(0) >= 2  # predictions holding most of 2+ true nuclei
-    for i in sorted(set(range(len(truth_ids))) - set(rows)):
+    for i in sorted(set(range(n_true)) - set(rows)):
         if (mostly_in[i] & holds_many).any():
             counts["merged"] += 1
         elif true_area[i] < SMALL_AREA:
@@ -64,7 +59,7 @@ def error_counts(truth: np.ndarray, pred: np.ndarray) -> Counter:
             counts["other"] += 1
     piece_of = overlap * 2 >= np.maximum(pred_area[None, :], 1)  # pred j mostly inside true i
     covered = (overlap > 0).sum(1) >= 2  # true nuclei touched by 2+ predictions
-    for j in sorted(set(range(len(pred_ids))) - set(cols)):
+    for j in sorted(set(range(n_pred)) - set(cols)):
         counts["split piece" if (piece_of[:, j] & covered).any() else "spurious"] += 1
     return counts
 

@@ -22,16 +22,24 @@ def _relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.reshape(labels.shape), len(ids) - 1
 
 
-def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """IoU between every true (rows) and predicted (columns) instance, background excluded."""
+def overlap_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Pixels shared by every true (rows) and predicted (columns) instance, in
+    the order of their ids; row and column 0 are the background."""
     if true.shape != pred.shape:
         raise ValueError(f"label images differ in shape: {true.shape} vs {pred.shape}")
     t, n_true = _relabel_consecutive(np.asarray(true))
     p, n_pred = _relabel_consecutive(np.asarray(pred))
     pairs = t.ravel().astype(np.int64) * (n_pred + 1) + p.ravel()
-    overlap = np.bincount(pairs, minlength=(n_true + 1) * (n_pred + 1)).reshape(
-        n_true + 1, n_pred + 1
-    )
+    return np.bincount(pairs, minlength=(n_true + 1) * (n_pred + 1)).reshape(n_true + 1, n_pred + 1)
+
+
+def iou_matrix(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """IoU between every true (rows) and predicted (columns) instance, background excluded."""
+    return iou_from_overlap(overlap_matrix(true, pred))
+
+
+def iou_from_overlap(overlap: np.ndarray) -> np.ndarray:
+    """``iou_matrix`` from an ``overlap_matrix``."""
     area_true = overlap.sum(axis=1, keepdims=True)
     area_pred = overlap.sum(axis=0, keepdims=True)
     union = area_true + area_pred - overlap

@@ -27,20 +27,18 @@ import tifffile
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_test_split import SPLIT_FILE, read_split  # noqa: E402
+from train_bundled import SPLIT_FILE, held_out_ids, manifest_rows  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dsb2018"
 JPEG_QUALITY = 95
 
 
 def pack(source: Path, target: Path) -> None:
-    held_out = {row["id"] for row in read_split(SPLIT_FILE)}
+    held_out = held_out_ids(SPLIT_FILE)
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / "manifest.csv", target / "manifest.csv")
     packed = 0
-    with open(source / "manifest.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r["id"] not in held_out]
-    for row in rows:
+    for row in manifest_rows(source, "train", held_out) + manifest_rows(source, "val", held_out):
         folder = source / row["split"]
         image = tifffile.imread(folder / "images" / f"{row['id']}.tif")
         labels = tifffile.imread(folder / "masks" / f"{row['id']}.tif")

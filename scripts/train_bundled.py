@@ -194,6 +194,12 @@ def main(argv=None) -> int:
         "a lower magnification); default 0",
     )
     parser.add_argument(
+        "--touching-weight",
+        type=float,
+        default=1.0,
+        help="U-Net: loss weight of pixels where two nuclei are within 2 px (default 1)",
+    )
+    parser.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -263,6 +269,7 @@ def main(argv=None) -> int:
         sample_weighting=args.sample_weighting,
         cpu_bfloat16=args.cpu_bfloat16,
         max_minutes=args.max_minutes,
+        touching_weight=args.touching_weight,
         data_workers=(
             default_data_workers(device) if args.data_workers is None else args.data_workers
         ),

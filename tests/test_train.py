@@ -6,12 +6,13 @@ import torch
 
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
-from napari_instseg.core.batches import detection_target
+from napari_instseg.core.batches import detection_target, unet_batch
 from napari_instseg.core.data import (
     AnnotatedImage,
     AugmentConfig,
     _zoomed,
     augmented_crop,
+    touching_zone,
     unet_targets,
 )
 from napari_instseg.core.models.loading import LoadedModel, build_model
@@ -36,6 +37,51 @@ def test_unet_targets_mark_boundaries_between_touching_objects():
     classes = unet_targets(labels)
     assert classes[0].max() == 0
     assert (classes[4, 5:7] == 2).all() and classes[4, 3] == 1
+
+
+def test_touching_zone_covers_where_two_objects_meet_and_nothing_around_a_lone_one():
+    labels = np.zeros((12, 24), np.int32)
+    labels[2:9, 1:6] = 1
+    labels[2:9, 6:11] = 2  # touches 1 along x = 5|6
+    labels[2:9, 16:22] = 3  # alone
+    zone = touching_zone(labels)
+    assert zone[5, 4:8].all()  # both rims where 1 and 2 meet
+    assert not zone[5, 1:3].any() and not zone[5, 9:11].any()  # their far sides
+    assert not zone[:, 13:].any()  # nothing around the lone object
+    assert not touching_zone(np.zeros((8, 8), np.uint16)).any()
+
+
+def _touching_pair_sample():
+    """A 48 x 48 image of two squares that touch, and nothing else."""
+    labels = np.zeros((48, 48), np.int32)
+    labels[14:34, 8:24], labels[14:34, 24:40] = 1, 2
+    image = np.repeat(np.where(labels > 0, 200, 20)[..., None], 3, -1).astype(np.uint8)
+    return AnnotatedImage.create("pair", image, labels, {"low": 1.0, "high": 99.8})
+
+
+def test_touching_weight_weighs_the_loss_there_and_equals_the_plain_loss_at_one(tmp_path):
+    info = tiny_unet_info()
+    torch.manual_seed(0)
+    loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
+    samples = [_touching_pair_sample()]
+    config, weighted_config = _config(2), _config(2)
+    weighted_config.touching_weight = 5.0
+    rng = np.random.default_rng
+    images, classes = unet_batch(samples, config, rng(1))
+    same_images, (same_classes, weights) = unet_batch(samples, weighted_config, rng(1))
+    assert torch.equal(images, same_images) and torch.equal(classes, same_classes)
+    # the same crops; 5 where the squares meet (whatever flips the crops had), 1 elsewhere
+    assert set(torch.unique(weights).tolist()) == {1.0, 5.0}
+    assert 0 < (weights == 5).float().mean() < 0.1
+    trainer = UNetTrainer(loaded, samples, [], config, tmp_path)
+    with torch.no_grad():
+        plain = trainer.loss(images, classes)
+        ones = trainer.loss(images, (classes, torch.ones_like(weights)))
+        heavier = trainer.loss(images, (classes, weights))
+    torch.testing.assert_close(ones, plain)
+    assert not torch.isclose(heavier, plain)
+    weighted = UNetTrainer(loaded, samples, [], weighted_config, tmp_path / "w")
+    assert drain(weighted.run()).iteration == 2
 
 
 def test_lost_detail_augmentation_blurs_edges_but_keeps_labels_and_the_default_stream():

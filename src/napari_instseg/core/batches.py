@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .data import IGNORE_INDEX, AnnotatedImage, augmented_crop, unet_targets
+from .data import IGNORE_INDEX, AnnotatedImage, augmented_crop, touching_zone, unet_targets
 from .training_config import TrainConfig
 
 
@@ -44,10 +44,12 @@ def unet_batch(
     config: TrainConfig,
     rng: np.random.Generator,
     semantic: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
     """Crops and targets: boundary-aware classes from instance labels, or the
-    class maps themselves (``semantic``)."""
-    images, targets = [], []
+    class maps themselves (``semantic``). With ``config.touching_weight``
+    other than 1 the targets are (classes, per-pixel loss weights)."""
+    weighted = config.touching_weight != 1.0 and not semantic
+    images, targets, weights = [], [], []
     for index in sample_indices(samples, config, rng):
         sample = samples[int(index)]
         image, labels = augmented_crop(sample, config.augment, rng)
@@ -58,8 +60,19 @@ def unet_batch(
                 target[labels == sample.ignore_value] = IGNORE_INDEX
         else:
             target = unet_targets(labels, sample.ignore_value)
+            if weighted:
+                objects = (
+                    labels
+                    if sample.ignore_value is None
+                    else np.where(labels == sample.ignore_value, 0, labels)
+                )
+                zone = touching_zone(objects)
+                weights.append(np.where(zone, config.touching_weight, 1.0).astype(np.float32))
         targets.append(target)
-    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(targets)).long()
+    classes = torch.from_numpy(np.stack(targets)).long()
+    if weighted:
+        return torch.from_numpy(np.stack(images)), (classes, torch.from_numpy(np.stack(weights)))
+    return torch.from_numpy(np.stack(images)), classes
 
 
 def detection_target(

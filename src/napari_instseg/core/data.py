@@ -182,6 +182,23 @@ def unet_targets(labels: np.ndarray, ignore_value: int | None = None) -> np.ndar
     return classes
 
 
+def touching_zone(labels: np.ndarray, reach: int = 2) -> np.ndarray:
+    """Pixels with two different objects within ``reach`` px (a square
+    neighbourhood): the rims where touching nuclei meet and the narrow gaps
+    between close ones, where a U-Net must draw the line that keeps them apart.
+    Such pixels are few, so training can weigh them more (U-Net paper's
+    border weights, here as one flat weight)."""
+    size = 2 * reach + 1
+    labels = np.asarray(labels)
+    highest = ndimage.maximum_filter(labels, size=size, mode="constant", cval=0)
+    # background counts as larger than any id, so the minimum is the smallest id nearby
+    beyond = np.iinfo(labels.dtype).max if labels.dtype.kind in "iu" else np.inf
+    lowest = ndimage.minimum_filter(
+        np.where(labels > 0, labels, beyond), size=size, mode="constant", cval=beyond
+    )
+    return (lowest < highest) & (lowest != beyond)
+
+
 def read_instance_classes(path: Path) -> dict[int, str]:
     """``label_id,class_name`` rows of a CSV (multi-class instance training)."""
     import csv

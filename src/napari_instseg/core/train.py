@@ -282,9 +282,19 @@ class UNetTrainer(Trainer):
     def loss(self, inputs, targets):
         device = self.loaded.device
         logits = self.loaded.module(inputs.to(device).contiguous(memory_format=torch.channels_last))
-        return F.cross_entropy(
-            logits, targets.to(device), weight=self.class_weights, ignore_index=IGNORE_INDEX
+        if not isinstance(targets, tuple):
+            return F.cross_entropy(
+                logits, targets.to(device), weight=self.class_weights, ignore_index=IGNORE_INDEX
+            )
+        classes, pixel_weights = (t.to(device) for t in targets)
+        per_pixel = F.cross_entropy(
+            logits, classes, weight=self.class_weights, ignore_index=IGNORE_INDEX, reduction="none"
         )
+        # the weighted mean cross_entropy takes, with each pixel's weight on top
+        counted = classes != IGNORE_INDEX
+        class_weight = self.class_weights[torch.where(counted, classes, 0)]
+        total = (class_weight * pixel_weights * counted).sum().clamp_min(1e-6)
+        return (per_pixel.float() * pixel_weights).sum() / total
 
 
 class SemanticUNetTrainer(UNetTrainer):

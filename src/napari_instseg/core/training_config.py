@@ -17,6 +17,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iterations: int = 200
     class_weights: tuple[float, ...] = (1.0, 1.0, 2.0)
+    # U-Net: loss weight (times the class weight) of pixels where two objects
+    # are within 2 px (``data.touching_zone``), so that touching nuclei are
+    # drawn apart rather than merged; 1 weighs them as any other pixel.
+    touching_weight: float = 1.0
     val_every: int = 500
     checkpoint_every: int = 100
     seed: int = 0

@@ -34,6 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bundled import DATA, SPLIT_FILE, held_out_ids, manifest_rows  # noqa: E402
 
 
+def tuning_rows(data: Path, images: int, exclude: set[str]) -> list[dict]:
+    """The manifest rows of the ``images`` train images settings are chosen on:
+    a fixed draw (seed 0) from the train images less ``exclude``."""
+    rows = manifest_rows(data, "train", exclude)
+    rng = np.random.default_rng(0)
+    return [rows[i] for i in sorted(rng.choice(len(rows), images, replace=False))]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -48,9 +56,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, "cpu")
     exclude = held_out_ids(None if args.include_test else args.exclude_split)
-    rows = manifest_rows(args.data, "train", exclude)
-    rng = np.random.default_rng(0)
-    rows = [rows[i] for i in sorted(rng.choice(len(rows), args.images, replace=False))]
+    rows = tuning_rows(args.data, args.images, exclude)
     samples = [
         AnnotatedImage.create(
             row["id"],

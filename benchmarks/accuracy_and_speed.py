@@ -66,7 +66,12 @@ def split_rows(data: Path, split: str) -> list[dict]:
 
 def load_images(data: Path, split: str = "val"):
     """(kind, image, labels, gray) of each image of ``split``."""
-    for row in split_rows(data, split):
+    yield from load_rows(data, split_rows(data, split))
+
+
+def load_rows(data: Path, rows: list[dict]):
+    """(kind, image, labels, gray) of each manifest row's image."""
+    for row in rows:
         folder = data / row["split"]
         image = tifffile.imread(folder / "images" / f"{row['id']}.tif")
         labels = tifffile.imread(folder / "masks" / f"{row['id']}.tif")

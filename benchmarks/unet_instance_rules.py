@@ -29,23 +29,25 @@ from __future__ import annotations
 
 import argparse
 import functools
-import operator
 import sys
 from pathlib import Path
 
 import numpy as np
-import tifffile
 import torch
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import git_commit, machine_description  # noqa: E402
-from accuracy_and_speed import DEFAULT_DATA, load_images  # noqa: E402
+from accuracy_and_speed import DEFAULT_DATA, load_images, load_rows, summed_ap  # noqa: E402
 
 from napari_instseg import load_model, segment_semantic  # noqa: E402
-from napari_instseg.core.diameter import typical_diameter  # noqa: E402
+from napari_instseg.core.diameter import auto_rescale, typical_diameter  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
-from napari_instseg.core.postprocess import instances_from_classes, relabel_sequential  # noqa: E402
+from napari_instseg.core.postprocess import (  # noqa: E402
+    instances_from_classes,
+    relabel_sequential,
+    small_ids,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from train_bundled import SPLIT_FILE, held_out_ids  # noqa: E402
@@ -53,14 +55,10 @@ from tune_postprocess import tuning_rows  # noqa: E402
 
 SCALES = (0.5, 0.7, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 AIMS = (0.8, 1.0, 1.2, 1.4)  # auto's target, as factors of the trained diameter
-BAND = (1 / 1.4, 1.4)  # options.AUTO_DIAMETER_BAND
 
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    return relabel_sequential(np.where(small[labels], 0, labels))
+    return relabel_sequential(np.where(small_ids(labels, min_size)[labels], 0, labels))
 
 
 def engine_rule(p, seed, min_size):
@@ -103,20 +101,14 @@ def rules(seed: float, min_size: int) -> dict:
 
 
 def images_of(data: Path, split: str):
-    """(image, truth, gray) of each image of ``split`` (val or tune)."""
+    """(kind, image, truth, gray) of each image of ``split`` (val or tune)."""
     if split == "val":
-        for _, image, truth, gray in load_images(data, "val"):
-            yield image, truth, gray
-        return
-    for row in tuning_rows(data, 80, held_out_ids(SPLIT_FILE)):
-        folder = data / "train"
-        image = tifffile.imread(folder / "images" / f"{row['id']}.tif")
-        truth = tifffile.imread(folder / "masks" / f"{row['id']}.tif")
-        yield image, truth, row["gray_rgb"] == "True"
+        return load_images(data, "val")
+    return load_rows(data, tuning_rows(data, 80, held_out_ids(SPLIT_FILE)))
 
 
 def ap(counts: list) -> str:
-    a50, a75 = functools.reduce(operator.add, counts).summary()["ap"]
+    a50, a75 = summed_ap(counts)
     return f"{a50:.3f} / {a75:.3f}"
 
 
@@ -143,7 +135,7 @@ def main(argv=None) -> int:
     by_rule = {name: [] for name in named_rules}
     by_scale = {scale: [] for scale in SCALES}
     measured = []
-    for image, truth, gray in images_of(args.data, args.split):
+    for _kind, image, truth, gray in images_of(args.data, args.split):
         native = segment_semantic(image, model, return_probabilities=True)
         p = np.round(native.probabilities * 255).astype(np.uint8)
         for name, rule in named_rules.items():
@@ -168,7 +160,7 @@ def main(argv=None) -> int:
         chosen = []
         for i, diameter in enumerate(measured):
             scale = 1.0
-            if diameter is not None and not BAND[0] <= diameter / trained <= BAND[1]:
+            if auto_rescale(diameter, trained) != 1.0:  # outside the engine's band
                 scale = SCALES[int(np.argmin(abs(logs - np.log(aim * trained / diameter))))]
             chosen.append(by_scale[scale][i])
         report(f"auto aimed at {aim}x trained (nearest factor)", chosen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .postprocess import small_ids
 from .types import InputError
 
 Edit = tuple[tuple[np.ndarray, ...], np.ndarray]
@@ -80,10 +81,7 @@ def remove_small(labels: np.ndarray, min_size: int) -> Edit:
 
 
 def _small(plane: np.ndarray, min_size: int) -> np.ndarray:
-    sizes = np.bincount(plane.ravel())
-    small = sizes < min_size
-    small[0] = False
-    return small[plane]
+    return small_ids(plane, min_size)[plane]
 
 
 def fill_holes(labels: np.ndarray) -> Edit:

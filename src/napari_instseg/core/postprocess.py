@@ -48,12 +48,19 @@ def instances_from_classes(
         seeds[free] = grown[free]
         del grown, free
     if min_size > 1:
-        sizes = np.bincount(seeds.ravel())
-        small = sizes < min_size
-        small[0] = False
+        small = small_ids(seeds, min_size)
         if small.any():
             seeds[small[seeds]] = 0
     return relabel_sequential(seeds)
+
+
+def small_ids(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Per id (the index), whether its object has fewer than ``min_size``
+    pixels; never the background (0). ``small_ids(labels, n)[labels]`` marks
+    the pixels of small objects."""
+    small = np.bincount(labels.ravel()) < min_size
+    small[0] = False
+    return small
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:

@@ -10,7 +10,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .data import IGNORE_INDEX, AnnotatedImage, augmented_crop, touching_zone, unet_targets
+from .data import (
+    IGNORE_INDEX,
+    AnnotatedImage,
+    augmented_crop,
+    touching_zone,
+    unet_targets,
+    without_ignored,
+)
 from .training_config import TrainConfig
 
 
@@ -61,12 +68,7 @@ def unet_batch(
         else:
             target = unet_targets(labels, sample.ignore_value)
             if weighted:
-                objects = (
-                    labels
-                    if sample.ignore_value is None
-                    else np.where(labels == sample.ignore_value, 0, labels)
-                )
-                zone = touching_zone(objects)
+                zone = touching_zone(without_ignored(labels, sample.ignore_value))
                 weights.append(np.where(zone, config.touching_weight, 1.0).astype(np.float32))
         targets.append(target)
     classes = torch.from_numpy(np.stack(targets)).long()
@@ -108,8 +110,7 @@ def maskrcnn_batch(samples, config: TrainConfig, rng: np.random.Generator):
     for index in sample_indices(samples, config, rng):
         sample = samples[int(index)]
         image, labels = augmented_crop(sample, config.augment, rng)
-        if sample.ignore_value is not None:
-            labels = np.where(labels == sample.ignore_value, 0, labels)
+        labels = without_ignored(labels, sample.ignore_value)
         images.append(torch.from_numpy(image))
         targets.append(detection_target(labels, instance_classes=sample.instance_classes))
     return images, targets

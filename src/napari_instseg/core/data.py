@@ -57,7 +57,7 @@ class AnnotatedImage:
         if self.ignore_value is None:
             return self.labels, pred
         ignored = self.labels == self.ignore_value
-        return np.where(ignored, 0, self.labels), _without_objects_in(pred, ignored)
+        return without_ignored(self.labels, self.ignore_value), _without_objects_in(pred, ignored)
 
     @classmethod
     def create(
@@ -164,6 +164,14 @@ def paired_files(
 IGNORE_INDEX = 255  # target value the losses skip
 
 
+def without_ignored(labels: np.ndarray, ignore_value: int | None) -> np.ndarray:
+    """``labels`` with unannotated pixels (``ignore_value``) as background:
+    the objects a crop really has. The same array when nothing is ignored."""
+    if ignore_value is None:
+        return labels
+    return np.where(labels == ignore_value, 0, labels)
+
+
 def unet_targets(labels: np.ndarray, ignore_value: int | None = None) -> np.ndarray:
     """Background / interior / boundary classes (uint8) from instance labels.
 
@@ -172,8 +180,7 @@ def unet_targets(labels: np.ndarray, ignore_value: int | None = None) -> np.ndar
     Pixels equal to ``ignore_value`` become ``IGNORE_INDEX``.
     """
     ignore = labels == ignore_value if ignore_value is not None else None
-    if ignore is not None:
-        labels = np.where(ignore, 0, labels)
+    labels = without_ignored(labels, ignore_value)
     classes = np.full(labels.shape, BACKGROUND, np.uint8)
     classes[labels > 0] = INTERIOR
     classes[find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)] = BOUNDARY

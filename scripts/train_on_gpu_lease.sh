@@ -10,13 +10,28 @@
 # (float16, joined with cat) and logs.tar.gz (each run's log.csv and output).
 # The two runs share the GPU; the CPU cores make their batches (the U-Net's
 # crops are the cheaper to make and it needs more of them per second).
+#
+# MODELS=maskrcnn (or unet) trains one model alone, with the other's data
+# workers too and, for the Mask R-CNN, 32 crops per iteration unless
+# MASKRCNN_BATCH says otherwise. MASKRCNN_INIT / UNET_INIT continue from a
+# checkpoint (a path inside the working tree; train_bundled.py --init), with
+# MASKRCNN_LR (default 1e-3) for the Mask R-CNN's peak learning rate.
 set -u
 packed=$1
 out=$2
 minutes=${MINUTES:-7.5}
 runs=${RUNS:-/tmp/instseg-runs}
-unet_workers=${UNET_WORKERS:-10}
-maskrcnn_workers=${MASKRCNN_WORKERS:-4}
+models=${MODELS:-unet maskrcnn}
+alone=$([ "$(wc -w <<<"$models")" -eq 1 ] && echo 1 || echo 0)
+unet_workers=${UNET_WORKERS:-$([ "$alone" = 1 ] && echo 14 || echo 10)}
+maskrcnn_workers=${MASKRCNN_WORKERS:-$([ "$alone" = 1 ] && echo 14 || echo 4)}
+maskrcnn_batch=${MASKRCNN_BATCH:-$([ "$alone" = 1 ] && echo 32 || echo 16)}
+maskrcnn_lr=${MASKRCNN_LR:-1e-3}
+for model in $models; do
+  case $model in unet | maskrcnn) ;; *) echo "MODELS: unknown model $model" >&2; exit 2 ;; esac
+done
+unet_init=(${UNET_INIT:+--init "$UNET_INIT"})
+maskrcnn_init=(${MASKRCNN_INIT:+--init "$MASKRCNN_INIT"})
 python=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 # EXTRA: more train_bundled.py options for both runs (a smoke test here: --limit 8)
@@ -47,19 +62,25 @@ fi
 guard=$(python3 -c "print(int(60 * $minutes + 45))")
 common=(--device "$device" --data "$runs/dsb2018" --iterations 1000000 --max-minutes "$minutes"
   --sample-weighting balanced --threads 1 "${extra[@]}")
-log "training both models for $minutes minutes"
-timeout "$guard" "$python" "${launcher[@]}" unet --run-dir "$runs/unet-gpu" "${common[@]}" \
-  --batch-size 32 --learning-rate 2e-3 --val-every 3000 --data-workers "$unet_workers" \
-  >"$runs/unet.txt" 2>&1 &
-unet_pid=$!
-timeout "$guard" "$python" "${launcher[@]}" maskrcnn --run-dir "$runs/maskrcnn-gpu" "${common[@]}" \
-  --batch-size 16 --crop-size 384 --learning-rate 1e-3 --val-every 500 \
-  --lowres-probability 0.15 --data-workers "$maskrcnn_workers" \
-  --config 'anchor_sizes=[[4,8],[12,16],[24,32],[48,64],[96,128]]' \
-  >"$runs/maskrcnn.txt" 2>&1 &
-maskrcnn_pid=$!
-wait "$unet_pid"; log "unet exited with $?"
-wait "$maskrcnn_pid"; log "maskrcnn exited with $?"
+log "training $models for $minutes minutes"
+pids=()
+if [[ " $models " == *" unet "* ]]; then
+  timeout "$guard" "$python" "${launcher[@]}" unet --run-dir "$runs/unet-gpu" "${common[@]}" \
+    --batch-size 32 --learning-rate 2e-3 --val-every 3000 --data-workers "$unet_workers" \
+    "${unet_init[@]}" >"$runs/unet.txt" 2>&1 &
+  pids+=("unet:$!")
+fi
+if [[ " $models " == *" maskrcnn "* ]]; then
+  timeout "$guard" "$python" "${launcher[@]}" maskrcnn --run-dir "$runs/maskrcnn-gpu" \
+    "${common[@]}" --batch-size "$maskrcnn_batch" --crop-size 384 --learning-rate "$maskrcnn_lr" \
+    --val-every 500 --lowres-probability 0.15 --data-workers "$maskrcnn_workers" \
+    --config 'anchor_sizes=[[4,8],[12,16],[24,32],[48,64],[96,128]]' \
+    "${maskrcnn_init[@]}" >"$runs/maskrcnn.txt" 2>&1 &
+  pids+=("maskrcnn:$!")
+fi
+for entry in "${pids[@]}"; do
+  wait "${entry#*:}"; log "${entry%%:*} exited with $?"
+done
 
 if [ -f "$runs/unet-gpu/best.safetensors" ]; then
   cp "$runs/unet-gpu/best.safetensors" "$out/unet.safetensors"

@@ -57,7 +57,7 @@ class AnnotatedImage:
         if self.ignore_value is None:
             return self.labels, pred
         ignored = self.labels == self.ignore_value
-        return without_ignored(self.labels, self.ignore_value), _without_objects_in(pred, ignored)
+        return np.where(ignored, 0, self.labels), _without_objects_in(pred, ignored)
 
     @classmethod
     def create(
@@ -166,7 +166,8 @@ IGNORE_INDEX = 255  # target value the losses skip
 
 def without_ignored(labels: np.ndarray, ignore_value: int | None) -> np.ndarray:
     """``labels`` with unannotated pixels (``ignore_value``) as background:
-    the objects a crop really has. The same array when nothing is ignored."""
+    the objects a crop really has. The same array when nothing is ignored.
+    (Callers that also need the ignored pixels' mask apply it themselves.)"""
     if ignore_value is None:
         return labels
     return np.where(labels == ignore_value, 0, labels)
@@ -180,7 +181,8 @@ def unet_targets(labels: np.ndarray, ignore_value: int | None = None) -> np.ndar
     Pixels equal to ``ignore_value`` become ``IGNORE_INDEX``.
     """
     ignore = labels == ignore_value if ignore_value is not None else None
-    labels = without_ignored(labels, ignore_value)
+    if ignore is not None:  # the mask is needed below, so not without_ignored
+        labels = np.where(ignore, 0, labels)
     classes = np.full(labels.shape, BACKGROUND, np.uint8)
     classes[labels > 0] = INTERIOR
     classes[find_boundaries(labels, connectivity=1, mode="inner") & (labels > 0)] = BOUNDARY

@@ -10,6 +10,7 @@ from napari_instseg.core.batches import detection_target, unet_batch
 from napari_instseg.core.data import (
     AnnotatedImage,
     AugmentConfig,
+    _lost_detail,
     _zoomed,
     augmented_crop,
     touching_zone,
@@ -115,6 +116,23 @@ def test_crops_are_zoomed_as_scipy_zooms_them(window):
     zoomed = _zoomed(image, 256 / window)
     assert zoomed.shape == expected.shape and zoomed.dtype == np.float32
     np.testing.assert_allclose(zoomed, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("factor", [1.5, 2.0, 2.5])
+def test_lost_detail_is_what_scipy_shrinking_and_enlarging_gives(factor):
+    from scipy import ndimage
+
+    image = np.random.default_rng(7).random((256, 250, 3)).astype(np.float32)
+    sigma = (factor - 1) / 2
+    # mode "nearest": scipy's default pads with zeros, which a last sample that
+    # rounding puts a hair outside the image picks up (a dark edge column)
+    smoothed = ndimage.gaussian_filter(image, (sigma, sigma, 0))
+    small = ndimage.zoom(smoothed, (1 / factor,) * 2 + (1,), order=1, mode="nearest")
+    back = (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1], 1)
+    expected = ndimage.zoom(small, back, order=1, mode="nearest")[:256, :250]
+    lost = _lost_detail(image, factor)
+    assert lost.shape == image.shape and lost.dtype == np.float32
+    np.testing.assert_allclose(lost, expected, atol=1e-4)
 
 
 def test_detection_target_drops_slivers():

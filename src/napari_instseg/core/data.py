@@ -301,25 +301,27 @@ def _zoomed(image: np.ndarray, zoom: float) -> np.ndarray:
     order=1)`` resamples it (corners aligned, the same shape; equal to 1e-4),
     by torch, which takes a third of scipy's time: the crops are what a GPU
     training waits for."""
+    return _resampled(image, tuple(int(round(side * zoom)) for side in image.shape[:2]))
+
+
+def _resampled(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(Y, X, C) ``image`` linearly resampled to ``shape``, corners aligned."""
     import torch
 
-    shape = tuple(int(round(side * zoom)) for side in image.shape[:2])
     planes = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
-    zoomed = torch.nn.functional.interpolate(
+    resampled = torch.nn.functional.interpolate(
         torch.from_numpy(planes)[None], size=shape, mode="bilinear", align_corners=True
     )
-    return zoomed[0].permute(1, 2, 0).numpy()
+    return resampled[0].permute(1, 2, 0).numpy()
 
 
 def _lost_detail(image: np.ndarray, factor: float) -> np.ndarray:
     """(Y, X, C) ``image`` shrunk ``factor`` times (anti-aliased as skimage's
     resize does) and enlarged back to its shape."""
     sigma = max(0.0, (factor - 1) / 2)
-    small = ndimage.zoom(
-        ndimage.gaussian_filter(image, (sigma, sigma, 0)), (1 / factor, 1 / factor, 1), order=1
-    )
-    back = (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1], 1)
-    return ndimage.zoom(small, back, order=1)[: image.shape[0], : image.shape[1]]
+    smoothed = ndimage.gaussian_filter(image, (sigma, sigma, 0))
+    small = _zoomed(smoothed, 1 / factor)
+    return _resampled(small, image.shape[:2])
 
 
 def _pad_to(image: np.ndarray, labels: np.ndarray, size: int):

@@ -16,7 +16,8 @@ between models the split can show.
 Splits: ``val`` is the shared val split; ``test`` is the frozen test split
 (``scripts/splits/dsb2018-test.csv``), shared train images that training
 leaves out. Test figures are honest only for models trained without them
-(their checkpoint's ``training.held_out``); each model's status is printed.
+(their checkpoint's ``training.held_out``, and that of the weights each run
+started from, ``training.init``, when it is here); each model's status is printed.
 
 Speed: the whole API call on one 512x512 field (a 2x2 mosaic of val images),
 median of 5 after a warm-up, against the machine's yardstick: a torchvision
@@ -45,6 +46,7 @@ from napari_instseg import load_model, segment_instances, segment_semantic  # no
 from napari_instseg.core.data import image_kind  # noqa: E402
 from napari_instseg.core.devices import cpu_has_fast_bfloat16  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
+from napari_instseg.core.models import checkpoint  # noqa: E402
 from napari_instseg.core.models.bundled import bundled_weights_path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -206,15 +208,31 @@ def held_out_status(candidates=()) -> None:
     print(f"\ntest: the {len(read_split(SPLIT_FILE))} train images of {SPLIT_FILE.name}")
     names = [n for n in ("nuclei-unet", "nuclei-maskrcnn") if bundled_weights_path(n).exists()]
     for name in names + [str(path) for path in candidates]:
-        training = load_model(name, "cpu").info.training
-        held_out = training.get("held_out")
-        status = (
-            f"held out ({held_out})"
-            if held_out and not held_out.startswith("none")
-            else f"NOT held out: trained on {training.get('train_image_count', '?')} train "
+        print(f"  {name}: {test_exposure(load_model(name, 'cpu').info.training)}")
+
+
+def test_exposure(training: dict) -> str:
+    """Whether weights with this training record saw the test images, following
+    ``--init`` back: a run that held them out but started from weights that saw
+    them is not honest on them either."""
+    held_out = training.get("held_out")
+    if not held_out or held_out.startswith("none"):
+        return (
+            f"NOT held out: trained on {training.get('train_image_count', '?')} train "
             "images, test included, so its test figures are not honest"
         )
-        print(f"  {name}: {status}")
+    init = training.get("init")
+    if not init:
+        return f"held out ({held_out})"
+    if not Path(init).exists():
+        return f"held out in its last run, which started from {init}: not here to check"
+    earlier = test_exposure(checkpoint.read_metadata(Path(init)).get("training", {}))
+    if earlier.startswith("held out"):
+        return f"held out ({held_out}; its start {init} too)"
+    return (
+        f"NOT held out: its last run held them out, but it started from {init}, "
+        "which saw them, so its test figures are not honest"
+    )
 
 
 def speed(data: Path) -> dict:

@@ -15,7 +15,9 @@
 # workers too and, for the Mask R-CNN, 32 crops per iteration unless
 # MASKRCNN_BATCH says otherwise. MASKRCNN_INIT / UNET_INIT continue from a
 # checkpoint (a path inside the working tree; train_bundled.py --init), with
-# MASKRCNN_LR (default 1e-3) for the Mask R-CNN's peak learning rate.
+# MASKRCNN_LR (default 1e-3) for the Mask R-CNN's peak learning rate,
+# MASKRCNN_SCALE ("LOW HIGH", default "0.7 1.5") for its crops' scale jitter
+# and MASKRCNN_LOWRES (default 0.15) for its share of lost-detail crops.
 set -u
 packed=$1
 out=$2
@@ -27,6 +29,8 @@ unet_workers=${UNET_WORKERS:-$([ "$alone" = 1 ] && echo 14 || echo 10)}
 maskrcnn_workers=${MASKRCNN_WORKERS:-$([ "$alone" = 1 ] && echo 14 || echo 4)}
 maskrcnn_batch=${MASKRCNN_BATCH:-$([ "$alone" = 1 ] && echo 32 || echo 16)}
 maskrcnn_lr=${MASKRCNN_LR:-1e-3}
+read -r -a maskrcnn_scale <<<"${MASKRCNN_SCALE:-0.7 1.5}"
+maskrcnn_lowres=${MASKRCNN_LOWRES:-0.15}
 for model in $models; do
   case $model in unet | maskrcnn) ;; *) echo "MODELS: unknown model $model" >&2; exit 2 ;; esac
 done
@@ -73,7 +77,8 @@ fi
 if [[ " $models " == *" maskrcnn "* ]]; then
   timeout "$guard" "$python" "${launcher[@]}" maskrcnn --run-dir "$runs/maskrcnn-gpu" \
     "${common[@]}" --batch-size "$maskrcnn_batch" --crop-size 384 --learning-rate "$maskrcnn_lr" \
-    --val-every 500 --lowres-probability 0.15 --data-workers "$maskrcnn_workers" \
+    --val-every 500 --scale-range "${maskrcnn_scale[@]}" \
+    --lowres-probability "$maskrcnn_lowres" --data-workers "$maskrcnn_workers" \
     --config 'anchor_sizes=[[4,8],[12,16],[24,32],[48,64],[96,128]]' \
     "${maskrcnn_init[@]}" >"$runs/maskrcnn.txt" 2>&1 &
   pids+=("maskrcnn:$!")

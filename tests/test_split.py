@@ -160,3 +160,30 @@ def test_tune_postprocess_never_tunes_on_held_out_images(tmp_path, monkeypatch, 
     argv = [str(tiny_unet_path), "--data", str(tmp_path), "--images", "3"]
     tune_postprocess.main([*argv, "--exclude-split", str(split_file)])
     assert sorted(tuned_on) == ["t0", "t2", "t4"]
+
+
+def test_a_run_that_started_from_weights_that_saw_the_test_split_is_not_honest(tmp_path):
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from accuracy_and_speed import test_exposure
+
+    from napari_instseg.core.models import checkpoint
+
+    weights = {"w": torch.zeros(1)}
+    held_out = "81 images of dsb2018-test.csv"
+
+    def saved(name, training):
+        return checkpoint.save_checkpoint(tmp_path / name, weights, {"training": training})
+
+    seen = saved("seen.safetensors", {"train_image_count": 533})
+    honest = saved("honest.safetensors", {"held_out": held_out})
+    assert test_exposure({"held_out": held_out}).startswith("held out")
+    assert test_exposure({"held_out": "none (--include-test)"}).startswith("NOT held out")
+    assert test_exposure({"held_out": held_out, "init": str(honest)}).startswith("held out")
+    continued = test_exposure({"held_out": held_out, "init": str(seen)})
+    assert continued.startswith("NOT held out") and str(seen) in continued
+    twice = saved("twice.safetensors", {"held_out": held_out, "init": str(seen)})
+    assert test_exposure({"held_out": held_out, "init": str(twice)}).startswith("NOT held out")
+    missing = test_exposure({"held_out": held_out, "init": str(tmp_path / "gone.safetensors")})
+    assert "not here to check" in missing

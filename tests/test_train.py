@@ -6,7 +6,12 @@ import torch
 
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
-from napari_instseg.core.batches import detection_target, unet_batch
+from napari_instseg.core.batches import (
+    detection_target,
+    maskrcnn_batch,
+    unet_batch,
+    unpacked_targets,
+)
 from napari_instseg.core.data import (
     AnnotatedImage,
     AugmentConfig,
@@ -142,6 +147,23 @@ def test_detection_target_drops_slivers():
     target = detection_target(labels)
     assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 10.0]]
     assert target["masks"].shape == (1, 20, 20)
+
+
+def test_packed_maskrcnn_batches_unpack_to_each_crops_targets():
+    config = _config(1)
+    config.batch_size, config.augment.crop_size = 3, 64
+    images, packed = maskrcnn_batch(disc_samples(), config, np.random.default_rng(0))
+    assert images.shape == (3, 3, 64, 64) and len(packed) == 5  # a few tensors travel
+    targets = unpacked_targets(packed)
+    assert [len(t["boxes"]) for t in targets] == packed["counts"].tolist()
+    assert sum(packed["counts"].tolist()) > 3
+    for crop_labels, target in zip(packed["instance_labels"], targets, strict=True):
+        assert target["masks"].dtype == torch.uint8 and target["masks"].shape[1:] == (64, 64)
+        for mask, box in zip(target["masks"].bool(), target["boxes"], strict=True):
+            (label_id,) = crop_labels[mask].unique().tolist()  # one whole object per mask
+            assert torch.equal(mask, crop_labels == label_id)
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
 def test_unet_trainer_runs_saves_and_resumes(tmp_path):

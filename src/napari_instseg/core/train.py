@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .batches import maskrcnn_batch, unet_batch
+from .batches import maskrcnn_batch, unet_batch, unpacked_targets
 from .data import IGNORE_INDEX, AnnotatedImage
 from .devices import cpu_has_fast_bfloat16
 from .diameter import training_diameter
@@ -318,8 +318,8 @@ class MaskRCNNTrainer(Trainer):
 
     def loss(self, inputs, targets):
         device = self.loaded.device
-        images = [image.to(device) for image in inputs]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        images = list(inputs.to(device).unbind(0))
+        targets = unpacked_targets(targets, device)
         losses = self.loaded.module(images, targets)
         return sum(losses.values())
 

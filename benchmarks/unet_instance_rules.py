@@ -13,12 +13,16 @@ reaches the seed threshold, grown 4 px into the foreground) and variants:
 - ``foreground p(bg) < t``: the foreground where the background probability
   is under t, instead of the most probable class;
 - ``h-maxima markers``: one marker per h-maximum of the smoothed interior
-  probability (splits seeds that a dip, not a boundary, separates).
+  probability (splits seeds that a dip, not a boundary, separates);
+- ``grown / shrunk 1 px``: the engine's objects with their outline moved by
+  one pixel (4-connected), to see whether masks are too small or too large.
 
 Scales: the whole call at fixed rescale factors, the engine's
 ``diameter="auto"`` rule (measured on the native pass) aimed at f times the
-trained diameter, and the per-image best factor (an oracle: the most any rule
-choosing one factor per image could reach).
+trained diameter, the per-image best factor (an oracle: the most any rule
+choosing one factor per image could reach), and the class probabilities of
+the native pass averaged with those of the image enlarged 1.25x, 1.5x or 2x
+(resampled back), then the engine's rule (multi-scale fusion).
 
 ``tune`` is the 80 train images ``scripts/tune_postprocess.py`` chooses
 settings on; ``val`` the shared val split. The test split is not read here:
@@ -41,6 +45,7 @@ from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA, load_images, load_rows, summed_ap  # noqa: E402
 
 from napari_instseg import load_model, segment_semantic  # noqa: E402
+from napari_instseg.core.data import _resampled  # noqa: E402
 from napari_instseg.core.diameter import auto_rescale, typical_diameter  # noqa: E402
 from napari_instseg.core.metrics import match_counts  # noqa: E402
 from napari_instseg.core.postprocess import (  # noqa: E402
@@ -55,6 +60,19 @@ from tune_postprocess import tuning_rows  # noqa: E402
 
 SCALES = (0.5, 0.7, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 AIMS = (0.8, 1.0, 1.2, 1.4)  # auto's target, as factors of the trained diameter
+FUSED = (1.25, 1.5, 2.0)  # enlargements whose probabilities are averaged with native
+
+
+def probabilities_enlarged(model, image: np.ndarray, factor: float) -> np.ndarray:
+    """(3, H, W) class probabilities of ``image`` enlarged ``factor`` times,
+    resampled back to its size."""
+    planes = image if image.ndim == 3 else image[..., None]
+    shape = tuple(int(round(side * factor)) for side in planes.shape[:2])
+    enlarged = _resampled(planes.astype(np.float32), shape)
+    p = segment_semantic(
+        enlarged if image.ndim == 3 else enlarged[..., 0], model, return_probabilities=True
+    ).probabilities
+    return np.moveaxis(_resampled(np.moveaxis(p, 0, -1), planes.shape[:2]), -1, 0)
 
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -85,6 +103,24 @@ def hmaxima_markers(p, seed, min_size, h=0.1, sigma=1.0):
     return _drop_small(grown, min_size)
 
 
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def moved_outline(p, seed, min_size, pixels):
+    """The engine's objects grown (``pixels`` > 0) or shrunk by that many pixels."""
+    labels = engine_rule(p, seed, min_size)
+    if pixels > 0:
+        from skimage.segmentation import expand_labels
+
+        return expand_labels(labels, pixels)
+    for _ in range(-pixels):  # keep pixels whose 4 neighbours are of the same object
+        same = (ndimage.grey_erosion(labels, footprint=_CROSS) == labels) & (
+            ndimage.grey_dilation(labels, footprint=_CROSS) == labels
+        )
+        labels = np.where(same, labels, 0)
+    return labels
+
+
 def rules(seed: float, min_size: int) -> dict:
     """Name -> function of the (3, H, W) uint8 probabilities giving labels."""
     found = {
@@ -97,6 +133,8 @@ def rules(seed: float, min_size: int) -> dict:
         found[f"foreground p(bg) < {t}, watershed growth"] = functools.partial(
             watershed_growth, foreground_below=t
         )
+    found["engine, every object grown 1 px"] = functools.partial(moved_outline, pixels=1)
+    found["engine, every object shrunk 1 px"] = functools.partial(moved_outline, pixels=-1)
     return {name: functools.partial(fn, seed=seed, min_size=min_size) for name, fn in found.items()}
 
 
@@ -134,6 +172,7 @@ def main(argv=None) -> int:
     named_rules = rules(seed, min_size)
     by_rule = {name: [] for name in named_rules}
     by_scale = {scale: [] for scale in SCALES}
+    by_fusion = {factor: [] for factor in FUSED}
     measured = []
     for _kind, image, truth, gray in images_of(args.data, args.split):
         native = segment_semantic(image, model, return_probabilities=True)
@@ -143,6 +182,10 @@ def main(argv=None) -> int:
         if args.skip_scales:
             continue
         measured.append(typical_diameter(native.instances.labels))
+        for factor in FUSED:
+            fused = (native.probabilities + probabilities_enlarged(model, image, factor)) / 2
+            labels = engine_rule(np.round(fused * 255).astype(np.uint8), seed, min_size)
+            by_fusion[factor].append((match_counts(truth, labels, [0.5, 0.75]), gray))
         for scale in SCALES:
             labels = segment_semantic(image, model, rescale=scale).instances.labels
             by_scale[scale].append((match_counts(truth, labels, [0.5, 0.75]), gray))
@@ -169,6 +212,8 @@ def main(argv=None) -> int:
         for i in range(len(measured))
     ]
     report("per-image best factor (oracle)", best)
+    for factor in FUSED:
+        report(f"probabilities of 1x and {factor}x averaged", by_fusion[factor])
     return 0
 
 

@@ -147,6 +147,8 @@ def test_detection_target_drops_slivers():
     target = detection_target(labels)
     assert target["boxes"].tolist() == [[2.0, 2.0, 10.0, 10.0]]
     assert target["masks"].shape == (1, 20, 20)
+    empty = detection_target(np.zeros((20, 20), np.int32))  # a crop of background
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape == (0, 20, 20)
 
 
 def test_packed_maskrcnn_batches_unpack_to_each_crops_targets():

@@ -72,12 +72,11 @@ def handover_seconds(batch) -> tuple[float, float]:
     return sent - start, time.perf_counter() - sent
 
 
-def per_crop_form(batch):
-    """A packed Mask R-CNN batch as batches travelled before session 16: one
-    tensor per crop, and per crop its boxes, classes and one mask per object."""
-    images, packed = batch
-    targets = [{k: v.clone() for k, v in t.items()} for t in unpacked_targets(packed)]
-    return [image.clone() for image in images], targets
+def per_crop_form(images: torch.Tensor, targets: list[dict]):
+    """A Mask R-CNN batch (its crops, its unpacked targets) as batches travelled
+    before session 16: a tensor of its own per crop and per target field."""
+    separate = [{k: v.clone() for k, v in t.items()} for t in targets]
+    return [image.clone() for image in images], separate
 
 
 def measure(name: str, make, count: int, packed_detection: bool) -> None:
@@ -93,9 +92,9 @@ def measure(name: str, make, count: int, packed_detection: bool) -> None:
         rows["received"].append(received)
         if packed_detection:
             start = time.perf_counter()
-            unpacked_targets(batch[1])
+            targets = unpacked_targets(batch[1])
             before["unpacked"].append(time.perf_counter() - start)
-            old = per_crop_form(batch)
+            old = per_crop_form(batch[0], targets)
             before["bytes"].append(batch_bytes(old))
             sent, received = handover_seconds(old)
             before["sent"].append(sent)

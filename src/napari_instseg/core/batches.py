@@ -116,9 +116,9 @@ def packed_targets(targets: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
     from a data worker to the training loop (``unpacked_targets`` undoes it).
 
     Why: the loop receives each tensor of a batch separately (a shared-memory
-    handle, about 0.5 ms each here), and one full-size mask per object is 3x
+    handle, about 0.6 ms each here), and one full-size mask per object is 3x
     the bytes of the images (16 crops of 384 px hold 36 objects each on
-    average). Packed, a batch is 6 tensors instead of 80 and a third of the
+    average). Packed, a batch is 6 tensors instead of 64 and a third of the
     bytes (``benchmarks/training_batches.py``).
     """
     return {

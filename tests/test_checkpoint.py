@@ -142,8 +142,10 @@ def test_coco_model_loads_from_torch_hub_cache(tmp_path, monkeypatch):
     assert result.labels.shape == (64, 64)
 
 
-def test_batchnorm_folding_keeps_predictions(tmp_path):
-    from napari_instseg.core.models.unet import fuse_batchnorm
+def test_inference_copy_keeps_predictions(tmp_path):
+    """BatchNorm folded and the decoder's concatenations split: the copy
+    prediction runs gives the trained module's outputs, in either memory format."""
+    from napari_instseg.core.models.unet import SkipConv, inference_copy
 
     info = tiny_unet_info()
     module = build_model(info)
@@ -155,15 +157,22 @@ def test_batchnorm_folding_keeps_predictions(tmp_path):
                 layer.weight.uniform_(0.5, 1.5)
                 layer.bias.uniform_(-0.5, 0.5)
     module.eval()
-    fused = fuse_batchnorm(module)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    copy = inference_copy(module)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copy.modules())
+    assert sum(isinstance(m, SkipConv) for m in copy.modules()) == len(module.decoder.blocks)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())  # untouched
     x = torch.rand(2, 3, 32, 32)
-    torch.testing.assert_close(fused(x), module(x), atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        expected = module(x)
+        torch.testing.assert_close(copy(x), expected, atol=1e-5, rtol=1e-4)
+        channels_last = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(copy(channels_last), expected, atol=1e-5, rtol=1e-4)
     path = checkpoint.save_checkpoint(
         tmp_path / "m.safetensors", module.state_dict(), info.to_metadata()
     )
     loaded = load_model(path, "cpu")
     assert loaded.predictor is loaded.inference_module is not None
+    assert any(isinstance(m, SkipConv) for m in loaded.predictor.modules())
 
 
 @pytest.mark.parametrize("variable", ["TORCH_HOME", "XDG_CACHE_HOME"])

@@ -26,3 +26,20 @@ def test_grid_is_row_major_and_window_is_positive():
     assert [t.row for t in grid] == sorted(t.row for t in grid)
     window = blend_window(128, 16)
     assert window.min() > 0 and window.max() == 1.0 and window[64] == 1.0
+
+
+def test_blended_classes_take_the_first_of_equal_probabilities():
+    import torch
+
+    from napari_instseg.core.blending import BandBlender
+    from napari_instseg.core.tiling import Tile
+
+    blender = BandBlender(
+        (1, 4), 3, ramp=0, instance_class=1, device=torch.device("cpu"), keep_probabilities=False
+    )
+    probabilities = torch.tensor(
+        [[[0.2, 0.4, 0.1, 0.5]], [[0.4, 0.4, 0.45, 0.5]], [[0.4, 0.2, 0.45, 0.0]]]
+    )
+    blender.add(Tile(0, 1, 0, 4, own_y=(0, 1), own_x=(0, 4), row=0), probabilities)
+    blender.close_rows(1)
+    assert blender.classes.tolist() == [[1, 0, 1, 0]]

@@ -82,7 +82,10 @@ class BandBlender:
         n = end - self._start
         blended = self._sum[:, :n] / torch.clamp(self._weight[:n], min=1e-6)
         rows = slice(self._start, end)
-        self.classes[rows] = blended.argmax(0).to(torch.uint8)
+        # max().indices, not argmax(): the same first-maximum index, but torch's CPU
+        # argmax over the leading dimension took 24-48 ms for a 512x512 field (a
+        # sixth of the U-Net's whole call); max() 2 ms
+        self.classes[rows] = blended.max(0).indices.to(torch.uint8)
         self.instance_probability[rows] = torch.round(blended[self.instance_class] * 255).to(
             torch.uint8
         )

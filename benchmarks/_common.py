@@ -36,6 +36,22 @@ def median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
     return times[len(times) // 2]
 
 
+def interleaved_times(functions: dict, rounds: int = 9, warmup: int = 1) -> dict:
+    """Seconds of each call, timed round by round (each function once per round,
+    in turn), so that a slower spell of a shared machine falls on all of them
+    alike; ratios between them are best taken round by round."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     return out.stdout.strip() or "unknown"

@@ -19,9 +19,12 @@ leaves out. Test figures are honest only for models trained without them
 (their checkpoint's ``training.held_out``, and that of the weights each run
 started from, ``training.init``, when it is here); each model's status is printed.
 
-Speed: the whole API call on one 512x512 field (a 2x2 mosaic of val images),
-median of 5 after a warm-up, against the machine's yardstick: a torchvision
-ResNet-18 forward pass on a 1x3x512x512 tensor (float32) timed in the same run.
+Speed: the whole API call on one 512x512 field (a 2x2 mosaic of val images)
+against the machine's yardstick: a torchvision ResNet-18 forward pass on a
+1x3x512x512 tensor (float32). Nine rounds after a warm-up, each timing the
+yardstick and every model once in turn; each model's ratio is the median of
+its ratios to the yardstick of the same round (the machine's speed drifts by a
+quarter from minute to minute, which ratios of separate medians took in).
 On CPUs with native bfloat16 the engine uses it; the ResNet-18 in bfloat16 is
 then printed too, for comparison.
 """
@@ -40,7 +43,7 @@ import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import git_commit, machine_description, median_time  # noqa: E402
+from _common import git_commit, interleaved_times, machine_description  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
 from napari_instseg.core.data import image_kind  # noqa: E402
@@ -53,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_test_split import KINDS, SPLIT_FILE, kind_of, read_split  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
+YARDSTICK = "resnet18 forward (yardstick)"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
 
 
@@ -235,7 +239,9 @@ def test_exposure(training: dict) -> str:
     )
 
 
-def speed(data: Path) -> dict:
+def speed(data: Path, rounds: int = 9) -> dict:
+    """Seconds per call of the yardstick and each bundled model, ``rounds`` each,
+    interleaved (``_common.interleaved_times``)."""
     import torchvision
 
     tiles = [img for _, img, _, _ in load_images(data) if img.shape[:2] == (256, 256)][:4]
@@ -247,23 +253,35 @@ def speed(data: Path) -> dict:
         with torch.inference_mode():
             resnet(x)
 
-    times = {"resnet18 forward (yardstick)": median_time(yardstick)}
+    functions = {YARDSTICK: yardstick}
     if cpu_has_fast_bfloat16():  # the engine runs bfloat16 here: show the same for ResNet-18
 
         def yardstick_bfloat16():
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 resnet(x)
 
-        times["resnet18 forward, bfloat16 (for comparison)"] = median_time(yardstick_bfloat16)
+        functions["resnet18 forward, bfloat16 (for comparison)"] = yardstick_bfloat16
     if bundled_weights_path("nuclei-unet").exists():
         unet = load_model("nuclei-unet", "cpu")
-        times["nuclei-unet segment_semantic"] = median_time(lambda: segment_semantic(field, unet))
+        functions["nuclei-unet segment_semantic"] = lambda: segment_semantic(field, unet)
     if bundled_weights_path("nuclei-maskrcnn").exists():
         mrcnn = load_model("nuclei-maskrcnn", "cpu")
-        times["nuclei-maskrcnn segment_instances"] = median_time(
-            lambda: segment_instances(field, mrcnn)
+        functions["nuclei-maskrcnn segment_instances"] = lambda: segment_instances(field, mrcnn)
+    return interleaved_times(functions, rounds)
+
+
+def print_speed(times: dict) -> None:
+    """Median time of each, and its median ratio to the yardstick of the same round
+    (with the lowest and highest ratio of the rounds)."""
+    rounds = len(times[YARDSTICK])
+    print(f"\nCPU speed, 512x512 field, {rounds} interleaved rounds after a warm-up")
+    print(f"{'':<40} {'median':>9}  {'x yardstick (range over rounds)':>32}")
+    for name, seconds in times.items():
+        ratios = np.array(seconds) / np.array(times[YARDSTICK])
+        print(
+            f"{name:<40} {np.median(seconds) * 1000:>6.1f} ms  {np.median(ratios):>8.2f}x"
+            f"  ({ratios.min():.2f}-{ratios.max():.2f})"
         )
-    return times
 
 
 def tiling_agreement(data: Path) -> dict:
@@ -316,11 +334,7 @@ def main(argv=None) -> int:
     print("\nTiled (256 px, overlap 64) vs untiled on a 1024x1024 val field, AP50 between them")
     for name, ap in agreement.items():
         print(f"{name:<32} {ap:.3f}")
-    times = speed(args.data)
-    base = times["resnet18 forward (yardstick)"]
-    print("\nCPU speed, 512x512 field, median of 5 after warm-up")
-    for name, seconds in times.items():
-        print(f"{name:<40} {seconds * 1000:>7.1f} ms  {seconds / base:>5.2f}x yardstick")
+    print_speed(speed(args.data))
     return 0
 
 

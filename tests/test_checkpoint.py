@@ -1,5 +1,6 @@
 """Checkpoint I/O: round trips, and hostile or broken files refused clearly."""
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -173,6 +174,30 @@ def test_inference_copy_keeps_predictions(tmp_path):
     loaded = load_model(path, "cpu")
     assert loaded.predictor is loaded.inference_module is not None
     assert any(isinstance(m, SkipConv) for m in loaded.predictor.modules())
+
+
+@pytest.mark.parametrize("band_rows", [16, 17])
+@pytest.mark.parametrize("height", [40, 41, 64])
+def test_inference_copy_in_bands_of_rows_gives_the_same_values(monkeypatch, height, band_rows):
+    """Bands of 16 rows (the fewest) and of 17 (bands that start on odd rows),
+    a shorter last band, and an odd height (the upsampled size is not twice the
+    coarse one: no bands)."""
+    from napari_instseg.core.models.unet import SkipConv, inference_copy
+
+    info = tiny_unet_info()
+    info = dataclasses.replace(info, config={**info.config, "widths": [4, 8, 16]})
+    torch.manual_seed(0)
+    module = build_model(info).eval()
+    x = torch.rand(2, 3, height, 30).contiguous(memory_format=torch.channels_last)
+    copy = inference_copy(module)
+    with torch.no_grad():
+        whole = copy(x)
+        # a row of the upsampled features: 2 images x 8 channels x 30 columns x 4 bytes
+        # at full resolution, 2 x 16 x 15 x 4 at half: 1,920 bytes at both levels
+        monkeypatch.setattr(SkipConv, "BAND_BYTES", 1920 * band_rows)
+        banded = copy(x)
+        torch.testing.assert_close(banded, whole, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(banded, module(x), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("variable", ["TORCH_HOME", "XDG_CACHE_HOME"])

@@ -66,40 +66,47 @@ class UNetDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         x = features[-1]
         for block, skip in zip(self.blocks, reversed(features[:-1])):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             first, *rest = block
-            if isinstance(first, SkipConv):  # inference copy: no concatenated tensor
+            if isinstance(first, SkipConv):  # inference copy: it upsamples x itself
                 x = first(x, skip)
             else:
-                x = first(torch.cat([x, skip], dim=1))
+                x = first(torch.cat([upsample(x, skip.shape[-2:]), skip], dim=1))
             for layer in rest:
                 x = layer(x)
         return x
 
 
+def upsample(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class SkipConv(nn.Module):
-    """A decoder block's first convolution, over the upsampled features and the
-    skip connection, without concatenating them: a convolution of a channel
-    concatenation is the sum of convolutions of its parts. It skips writing the
-    largest tensor of each level (in channels-last memory, where convolutions
-    are fastest on CPUs, the concatenation is a slow interleave), and the U-Net
-    runs about 1.2x faster on a CPU. Only for prediction (see ``inference_copy``)."""
+    """A decoder block's first convolution, over the upsampled coarser features
+    and the skip connection, without concatenating them: a convolution of a
+    channel concatenation is the sum of convolutions of its parts. It skips
+    writing the largest tensor of each level (in channels-last memory, where
+    convolutions are fastest on CPUs, the concatenation is a slow interleave).
+    Only for prediction (see ``inference_copy``).
+
+    On a CPU the upsampling and the convolution of its output run in bands of
+    rows. At full resolution the upsampled tensor of one 512 px tile is 33.5 MB,
+    above glibc's largest mmap threshold (32 MiB): each call would map fresh
+    memory and fault every page in (20-50 ms of a tile's 250-350). Bands of
+    ``BAND_BYTES`` come from the heap again and again, and give the same values.
+    """
+
+    BAND_BYTES = 8_000_000
 
     def __init__(self, conv: nn.Conv2d, upsampled_channels: int):
         super().__init__()
-        if conv.groups != 1:
-            raise ValueError("only ungrouped convolutions can be split")
+        if conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1):
+            raise ValueError("only plain stride-1 convolutions can be split")
 
         def part(weight, bias):
             new = nn.Conv2d(
-                weight.shape[1],
-                conv.out_channels,
-                conv.kernel_size,
-                conv.stride,
-                conv.padding,
-                conv.dilation,
+                weight.shape[1], conv.out_channels, conv.kernel_size, padding=conv.padding,
                 bias=bias is not None,
-            )
+            )  # fmt: skip
             with torch.no_grad():
                 new.weight.copy_(weight)
                 if bias is not None:
@@ -109,8 +116,44 @@ class SkipConv(nn.Module):
         self.upsampled = part(conv.weight[:, :upsampled_channels], conv.bias)
         self.skip = part(conv.weight[:, upsampled_channels:], None)
 
-    def forward(self, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.upsampled(upsampled).add_(self.skip(skip))
+    def forward(self, coarse: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        size = skip.shape[-2:]
+        out = self.skip(skip)
+        rows = self._band_rows(coarse, size)
+        if rows >= size[0]:
+            return out.add_(self.upsampled(upsample(coarse, size)))
+        for start in range(0, size[0], rows):
+            stop = min(start + rows, size[0])
+            out[:, :, start:stop] += self._upsampled_band(coarse, size, start, stop)
+        return out
+
+    def _band_rows(self, coarse: torch.Tensor, size) -> int:
+        """Rows per band: all of them off the CPU (GPU allocators cache memory)
+        or where the output is not exactly twice the input (bands assume it)."""
+        if coarse.device.type != "cpu" or tuple(size) != (
+            2 * coarse.shape[-2],
+            2 * coarse.shape[-1],
+        ):
+            return size[0]
+        row_bytes = coarse.shape[0] * coarse.shape[1] * size[1] * coarse.element_size()
+        return max(16, self.BAND_BYTES // row_bytes)
+
+    def _upsampled_band(self, coarse: torch.Tensor, size, start: int, stop: int):
+        """``self.upsampled(upsample(coarse, size))[:, :, start:stop]``, computed
+        from the rows of ``coarse`` that this band needs."""
+        height, width = size
+        reach = self.upsampled.padding[0]  # upsampled rows the convolution reads beyond the band
+        first, last = max(start - reach, 0), min(stop + reach, height)
+        # Upsampled row i is interpolated from coarse rows near i/2 - 1/4. One coarse
+        # row more on either side keeps the clamping at the slice's own edges away
+        # from the rows used; at the image's edges it clamps as the whole would.
+        top, bottom = max(first // 2 - 1, 0), min((last - 1) // 2 + 2, coarse.shape[-2])
+        rows = upsample(coarse[:, :, top:bottom], (2 * (bottom - top), width))
+        rows = rows[:, :, first - 2 * top : last - 2 * top]
+        # zero rows where the band meets the image's edge, as the padding gives the whole
+        rows = F.pad(rows, (0, 0, reach - (start - first), reach - (last - stop)))
+        conv = self.upsampled
+        return F.conv2d(rows, conv.weight, conv.bias, padding=(0, conv.padding[1]))
 
 
 class UNet(nn.Module):

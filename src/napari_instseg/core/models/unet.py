@@ -99,14 +99,16 @@ class SkipConv(nn.Module):
 
     def __init__(self, conv: nn.Conv2d, upsampled_channels: int):
         super().__init__()
-        if conv.groups != 1 or conv.stride != (1, 1) or conv.dilation != (1, 1):
-            raise ValueError("only plain stride-1 convolutions can be split")
+        same_size = all(k == 2 * p + 1 for k, p in zip(conv.kernel_size, conv.padding))
+        plain = conv.groups == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+        if not (same_size and plain):
+            raise ValueError("only plain stride-1 convolutions that keep the size can be split")
 
         def part(weight, bias):
+            kernel, padding = conv.kernel_size, conv.padding
             new = nn.Conv2d(
-                weight.shape[1], conv.out_channels, conv.kernel_size, padding=conv.padding,
-                bias=bias is not None,
-            )  # fmt: skip
+                weight.shape[1], conv.out_channels, kernel, padding=padding, bias=bias is not None
+            )
             with torch.no_grad():
                 new.weight.copy_(weight)
                 if bias is not None:
@@ -130,10 +132,8 @@ class SkipConv(nn.Module):
     def _band_rows(self, coarse: torch.Tensor, size) -> int:
         """Rows per band: all of them off the CPU (GPU allocators cache memory)
         or where the output is not exactly twice the input (bands assume it)."""
-        if coarse.device.type != "cpu" or tuple(size) != (
-            2 * coarse.shape[-2],
-            2 * coarse.shape[-1],
-        ):
+        doubled = (2 * coarse.shape[-2], 2 * coarse.shape[-1])
+        if coarse.device.type != "cpu" or tuple(size) != doubled:
             return size[0]
         row_bytes = coarse.shape[0] * coarse.shape[1] * size[1] * coarse.element_size()
         return max(16, self.BAND_BYTES // row_bytes)

@@ -7,8 +7,9 @@ import torch
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
 from napari_instseg.core.batches import (
-    detection_target,
+    compact_target,
     maskrcnn_batch,
+    packed_targets,
     unet_batch,
     unpacked_targets,
 )
@@ -138,6 +139,11 @@ def test_lost_detail_is_what_scipy_shrinking_and_enlarging_gives(factor):
     lost = _lost_detail(image, factor)
     assert lost.shape == image.shape and lost.dtype == np.float32
     np.testing.assert_allclose(lost, expected, atol=1e-4)
+
+
+def detection_target(labels):
+    """torchvision's target of one crop, as the training loop receives it."""
+    return unpacked_targets(packed_targets([compact_target(labels)]))[0]
 
 
 def test_detection_target_drops_slivers():

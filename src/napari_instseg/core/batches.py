@@ -77,19 +77,14 @@ def unet_batch(
     return torch.from_numpy(np.stack(images)), classes
 
 
-def detection_target(
+def compact_target(
     labels: np.ndarray, min_area: int = 4, instance_classes: dict[int, int] | None = None
 ) -> dict[str, torch.Tensor]:
-    """torchvision detection target (boxes x1,y1,x2,y2, labels, masks) of a crop;
-    slivers cut by the crop edge (< ``min_area`` px or < 2 px wide) are dropped.
+    """A crop's detection target in compact form: boxes (x1, y1, x2, y2) and
+    classes, and its label image with the ids of the kept objects in place of
+    one mask each (``unpacked_targets`` makes torchvision's masks). Slivers cut
+    by the crop edge (< ``min_area`` px or < 2 px wide) are dropped;
     ``instance_classes`` gives each instance's class index (default 1)."""
-    packed = packed_targets([_compact_target(labels, min_area, instance_classes)])
-    return unpacked_targets(packed)[0]
-
-
-def _compact_target(labels, min_area=4, instance_classes=None) -> dict[str, torch.Tensor]:
-    """A crop's boxes and classes, and its label image with the ids of the kept
-    objects in place of their masks."""
     from scipy import ndimage
 
     ids = np.flatnonzero(np.bincount(labels.ravel()) >= min_area)
@@ -156,5 +151,5 @@ def maskrcnn_batch(samples, config: TrainConfig, rng: np.random.Generator):
         image, labels = augmented_crop(sample, config.augment, rng)
         labels = without_ignored(labels, sample.ignore_value)
         images.append(image)
-        targets.append(_compact_target(labels, instance_classes=sample.instance_classes))
+        targets.append(compact_target(labels, instance_classes=sample.instance_classes))
     return torch.from_numpy(np.stack(images)), packed_targets(targets)

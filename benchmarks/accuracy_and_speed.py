@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import git_commit, interleaved_times, machine_description  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
-from napari_instseg.core.data import image_kind  # noqa: E402
 from napari_instseg.core.devices import cpu_has_fast_bfloat16  # noqa: E402
-from napari_instseg.core.metrics import match_counts  # noqa: E402
+from napari_instseg.core.labels.metrics import match_counts  # noqa: E402
 from napari_instseg.core.models import checkpoint  # noqa: E402
 from napari_instseg.core.models.bundled import bundled_weights_path  # noqa: E402
+from napari_instseg.core.training.samples import image_kind  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_test_split import KINDS, SPLIT_FILE, kind_of, read_split  # noqa: E402

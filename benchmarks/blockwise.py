@@ -59,7 +59,7 @@ def build_mosaic(path: Path, size: int, data: Path) -> None:
 
 
 def one_to_one(a, b) -> tuple[float, float]:
-    from napari_instseg.core.metrics import iou_matrix
+    from napari_instseg.core.labels.metrics import iou_matrix
 
     iou = iou_matrix(a, b)
     return float((iou.max(1) > 0.5).mean()), float((iou.max(0) > 0.5).mean())
@@ -69,13 +69,14 @@ def run_cluster(store, workers: int, model: str, block: int, kill: bool = False,
     import psutil
     from distributed import Client, LocalCluster
 
-    from napari_instseg.core.blockwise import segment_blockwise
+    from napari_instseg.core.blockwise.blocks import segment_blockwise
 
     with LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
         memory_limit="4GiB",
     ) as cluster, Client(cluster) as client:  # fmt: skip
-        client.run(lambda: __import__("napari_instseg.core.predict"))  # imports before timing
+        # imports before timing
+        client.run(lambda: __import__("napari_instseg.core.engine.predict"))
         pids = client.run(os.getpid)
         peaks = {pid: 0 for pid in pids.values()}
         me = psutil.Process()

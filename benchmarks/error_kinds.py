@@ -33,7 +33,7 @@ from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA, _labels_function, candidate_name, load_images  # noqa: E402
 
 from napari_instseg import load_model  # noqa: E402
-from napari_instseg.core.metrics import _assign, iou_from_overlap, overlap_matrix  # noqa: E402
+from napari_instseg.core.labels.metrics import _assign, iou_from_overlap, overlap_matrix  # noqa: E402
 
 SMALL_AREA = 40  # pixels
 MISSED = ("merged", "small", "other")

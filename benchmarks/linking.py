@@ -42,7 +42,7 @@ from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA, load_images  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
-from napari_instseg.core.metrics import match_instances  # noqa: E402
+from napari_instseg.core.labels.metrics import match_instances  # noqa: E402
 
 Z_SLICES, T_FRAMES, MAX_STEP = 9, 10, 2.0
 

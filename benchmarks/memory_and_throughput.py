@@ -21,7 +21,8 @@ CHILD = textwrap.dedent(
     import json, resource, sys, time
     import numpy as np, torch
     torch.set_num_threads({threads})
-    from napari_instseg.core.models.loading import LoadedModel, build_model, load_model
+    from napari_instseg.core.models.loaded import LoadedModel, build_model
+    from napari_instseg.core.models.loading import load_model
     from napari_instseg.core.models.info import ModelInfo
     from napari_instseg.core.models.bundled import bundled_weights_path
     from napari_instseg.core.devices import resolve_device

@@ -31,7 +31,7 @@ from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA, THRESHOLDS, load_images, resampled_interval  # noqa: E402
 
 from napari_instseg import load_model, segment_instances, segment_semantic  # noqa: E402
-from napari_instseg.core.metrics import match_counts  # noqa: E402
+from napari_instseg.core.labels.metrics import match_counts  # noqa: E402
 
 CASES = [  # (name, scale of the image, engine options)
     ("native", 1.0, {}),

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA  # noqa: E402
 
-from napari_instseg.core.batches import maskrcnn_batch, unet_batch, unpacked_targets  # noqa: E402
-from napari_instseg.core.data import AugmentConfig  # noqa: E402
-from napari_instseg.core.training_config import TrainConfig  # noqa: E402
+from napari_instseg.core.training.augmentation import AugmentConfig  # noqa: E402
+from napari_instseg.core.training.batches import maskrcnn_batch, unet_batch, unpacked_targets  # noqa: E402
+from napari_instseg.core.training.config import TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from train_bundled import SPLIT_FILE, held_out_ids, load_split  # noqa: E402

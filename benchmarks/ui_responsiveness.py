@@ -30,7 +30,7 @@ def random_maskrcnn_checkpoint(folder: Path) -> Path:
     from train_bundled import model_info
 
     from napari_instseg.core.models import checkpoint
-    from napari_instseg.core.models.loading import build_model
+    from napari_instseg.core.models.loaded import build_model
 
     info = model_info("maskrcnn")
     info.name = "random-maskrcnn"
@@ -155,7 +155,7 @@ def napari_alone(viewer, widget, model, ticks, timer, longest_gap) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_instseg import _layers
-    from napari_instseg.core.predict import segment_instances
+    from napari_instseg.core.engine.predict import segment_instances
 
     app = QApplication.instance()
     source = viewer.layers[0]

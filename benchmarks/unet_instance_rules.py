@@ -45,14 +45,14 @@ from _common import git_commit, machine_description  # noqa: E402
 from accuracy_and_speed import DEFAULT_DATA, load_images, load_rows, summed_ap  # noqa: E402
 
 from napari_instseg import load_model, segment_semantic  # noqa: E402
-from napari_instseg.core.data import _resampled  # noqa: E402
-from napari_instseg.core.diameter import auto_rescale, typical_diameter  # noqa: E402
-from napari_instseg.core.metrics import match_counts  # noqa: E402
-from napari_instseg.core.postprocess import (  # noqa: E402
+from napari_instseg.core.engine.diameter import auto_rescale, typical_diameter  # noqa: E402
+from napari_instseg.core.labels.metrics import match_counts  # noqa: E402
+from napari_instseg.core.labels.postprocess import (  # noqa: E402
     instances_from_classes,
     relabel_sequential,
     small_ids,
 )
+from napari_instseg.core.training.augmentation import resampled  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from train_bundled import SPLIT_FILE, held_out_ids  # noqa: E402
@@ -68,11 +68,11 @@ def probabilities_enlarged(model, image: np.ndarray, factor: float) -> np.ndarra
     resampled back to its size."""
     planes = image if image.ndim == 3 else image[..., None]
     shape = tuple(int(round(side * factor)) for side in planes.shape[:2])
-    enlarged = _resampled(planes.astype(np.float32), shape)
+    enlarged = resampled(planes.astype(np.float32), shape)
     p = segment_semantic(
         enlarged if image.ndim == 3 else enlarged[..., 0], model, return_probabilities=True
     ).probabilities
-    return np.moveaxis(_resampled(np.moveaxis(p, 0, -1), planes.shape[:2]), -1, 0)
+    return np.moveaxis(resampled(np.moveaxis(p, 0, -1), planes.shape[:2]), -1, 0)
 
 
 def _drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:

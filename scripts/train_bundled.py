@@ -29,14 +29,15 @@ from pathlib import Path
 import tifffile
 import torch
 
-from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.devices import resolve_device
-from napari_instseg.core.finetune import NEW_MODEL_CONFIGS
 from napari_instseg.core.models import checkpoint
 from napari_instseg.core.models.bundled import bundled_weights_path
 from napari_instseg.core.models.info import ModelInfo
-from napari_instseg.core.models.loading import LoadedModel, build_model
-from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
+from napari_instseg.core.models.loaded import LoadedModel, build_model
+from napari_instseg.core.training.config import TrainConfig
+from napari_instseg.core.training.finetune import NEW_MODEL_CONFIGS
+from napari_instseg.core.training.recipes import MaskRCNNTrainer, UNetTrainer
+from napari_instseg.core.training.samples import AnnotatedImage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_test_split import SPLIT_FILE, read_split  # noqa: E402

@@ -21,9 +21,9 @@ import tifffile
 import torch
 
 from napari_instseg import load_model
-from napari_instseg.core.data import AnnotatedImage
 from napari_instseg.core.models import checkpoint
-from napari_instseg.core.tuning import (
+from napari_instseg.core.training.samples import AnnotatedImage
+from napari_instseg.core.training.tuning import (
     best_detection_thresholds,
     best_postprocess,
     sweep_detection_thresholds,

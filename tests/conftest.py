@@ -14,7 +14,7 @@ from torch import nn
 
 from napari_instseg.core.models import checkpoint
 from napari_instseg.core.models.info import ModelInfo
-from napari_instseg.core.models.loading import LoadedModel, build_model
+from napari_instseg.core.models.loaded import LoadedModel, build_model
 
 NUCLEI_CLASSES = ["background", "nucleus", "boundary"]
 
@@ -126,7 +126,7 @@ def disc_image(shape, centres, radius, value=1.0):
 
 def disc_samples(n=3):
     """``n`` annotated 64x64 RGB training images of four discs each."""
-    from napari_instseg.core.data import AnnotatedImage
+    from napari_instseg.core.training.samples import AnnotatedImage
 
     rng = np.random.default_rng(0)
     out = []

@@ -12,14 +12,14 @@ import yaml
 pytest.importorskip("bioimageio.core")
 
 from napari_instseg._sample_data import load_sample  # noqa: E402
+from napari_instseg.core.engine.predict import segment_semantic  # noqa: E402
 from napari_instseg.core.models.loading import clear_model_cache, load_model  # noqa: E402
-from napari_instseg.core.predict import segment_semantic  # noqa: E402
 from napari_instseg.core.types import ModelError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    from napari_instseg.core.bioimageio_export import export_bioimageio
+    from napari_instseg.core.models.bioimageio_export import export_bioimageio
 
     path = tmp_path_factory.mktemp("bioimageio") / "nuclei-unet.zip"
     return export_bioimageio("nuclei-unet", path)
@@ -73,7 +73,7 @@ def test_cli_export_and_predict_with_a_package(package, tmp_path):
 
 
 def test_mask_rcnn_export_says_why_not():
-    from napari_instseg.core.bioimageio_export import export_bioimageio
+    from napari_instseg.core.models.bioimageio_export import export_bioimageio
 
     with pytest.raises(ModelError, match="paste masks into boxes"):
         export_bioimageio("nuclei-maskrcnn", "/nonexistent/m.zip")

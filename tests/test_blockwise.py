@@ -10,12 +10,12 @@ import pytest
 
 from conftest import disc_image
 from napari_instseg._sample_data import load_sample
-from napari_instseg.core.block_painting import BlockObject, keep_objects, paint_regions
-from napari_instseg.core.blockwise import plan_blocks, segment_blockwise
-from napari_instseg.core.metrics import iou_matrix
-from napari_instseg.core.postprocess import boxes_from_labels
-from napari_instseg.core.predict import segment_semantic
-from napari_instseg.core.tiling import fitted_tile_grid, window_tile_grid
+from napari_instseg.core.blockwise.blocks import plan_blocks, segment_blockwise
+from napari_instseg.core.blockwise.painting import BlockObject, keep_objects, paint_regions
+from napari_instseg.core.engine.predict import segment_semantic
+from napari_instseg.core.engine.tiling import fitted_tile_grid, window_tile_grid
+from napari_instseg.core.labels.metrics import iou_matrix
+from napari_instseg.core.labels.postprocess import boxes_from_labels
 from napari_instseg.core.types import InputError
 
 
@@ -248,7 +248,7 @@ def test_cancelling_leaves_no_labels_file(tmp_path, stop_at):
 
 
 def test_intensity_range_fixes_the_normalisation_and_is_checked():
-    from napari_instseg.core.blockwise import whole_image_range
+    from napari_instseg.core.blockwise.blocks import whole_image_range
     from napari_instseg.core.models.loading import load_model
 
     own = whole_image_range(IMAGE, load_model("nuclei-unet", "cpu").info)

@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_unet_info
 from napari_instseg import load_model, segment_semantic
 from napari_instseg.core.models import checkpoint
-from napari_instseg.core.models.loading import build_model
+from napari_instseg.core.models.loaded import build_model
 from napari_instseg.core.models.registry import list_models, register_checkpoint
 from napari_instseg.core.types import ModelError
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_instseg.core import curation
+from napari_instseg.core.labels import curation
 from napari_instseg.core.types import InputError
 
 

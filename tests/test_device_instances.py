@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from napari_instseg.core import device_instances, postprocess
-from napari_instseg.core.postprocess import boxes_from_labels
+from napari_instseg.core.labels import device_instances, postprocess
+from napari_instseg.core.labels.postprocess import boxes_from_labels
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -109,8 +109,8 @@ def test_object_statistics_match_the_cpu_table(device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["uint16", "float-with-nan", "rgb", "constant"])
 def test_tiles_normalised_on_the_device_equal_those_of_the_host(device, kind):
+    from napari_instseg.core.engine.reading import NormalisedSlice, SliceReader, to_tensor
     from napari_instseg.core.models.info import ModelInfo
-    from napari_instseg.core.reading import NormalisedSlice, SliceReader, to_tensor
 
     rng = np.random.default_rng(1)
     image = {
@@ -138,10 +138,10 @@ def test_tiles_normalised_on_the_device_equal_those_of_the_host(device, kind):
 
 def test_instances_made_on_the_blending_device_equal_the_host_path():
     # the GPU path's code, run on CPU tensors: labels, boxes, areas and scores
-    from napari_instseg.core.blending import BandBlender
-    from napari_instseg.core.postprocess import instance_result_from_labels
-    from napari_instseg.core.semantic_engine import _instances_on_device, _mean_probabilities
-    from napari_instseg.core.tiling import Tile
+    from napari_instseg.core.engine.blending import BandBlender
+    from napari_instseg.core.engine.semantic import _instances_on_device, _mean_probabilities
+    from napari_instseg.core.engine.tiling import Tile
+    from napari_instseg.core.labels.postprocess import instance_result_from_labels
 
     classes, probability = _class_map(7, shape=(120, 150))
     # the interior channel carries the probability; argmax still gives the classes
@@ -172,8 +172,8 @@ def test_instances_made_on_the_blending_device_equal_the_host_path():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(3))
 def test_masks_painted_at_once_equal_masks_pasted_one_by_one(device, seed):
-    from napari_instseg.core.detections import paint_instances
-    from napari_instseg.core.device_painting import paint_on_device
+    from napari_instseg.core.labels.detections import paint_instances
+    from napari_instseg.core.labels.device_painting import paint_on_device
 
     rng = np.random.default_rng(seed)
     n, shape = 300, (150, 190)
@@ -200,7 +200,7 @@ def test_masks_painted_at_once_equal_masks_pasted_one_by_one(device, seed):
 
 
 def test_painting_nothing():
-    from napari_instseg.core.device_painting import paint_on_device
+    from napari_instseg.core.labels.device_painting import paint_on_device
 
     got = paint_on_device(
         (8, 9),

@@ -11,15 +11,15 @@ from hypothesis.extra import numpy as hnp
 
 from conftest import disc_image
 from napari_instseg import load_model, segment_instances, segment_semantic
-from napari_instseg.core import predict
-from napari_instseg.core.detections import paste
-from napari_instseg.core.metrics import match_counts
+from napari_instseg.core.engine import predict
+from napari_instseg.core.labels.detections import paste
+from napari_instseg.core.labels.metrics import match_counts
 from napari_instseg.core.types import Cancelled, InputError, ModelError
 
 
 def _centres_on_seams(shape, tile, overlap, radius):
     """Disc centres straddling every seam of the tile grid, plus interior ones."""
-    from napari_instseg.core.tiling import ownership_bounds, tile_starts
+    from napari_instseg.core.engine.tiling import ownership_bounds, tile_starts
 
     seams_y = [
         b for b, _ in ownership_bounds(tile_starts(shape[0], tile, overlap), tile, shape[0])[1:]
@@ -243,7 +243,7 @@ def test_rescale_returns_original_size(oracle_unet):
 
 
 def test_more_than_65535_objects_use_uint32():
-    from napari_instseg.core.postprocess import instance_result_from_labels
+    from napari_instseg.core.labels.postprocess import instance_result_from_labels
 
     labels = np.arange(70000, dtype=np.int32).reshape(350, 200) + 1
     result = instance_result_from_labels(labels, ["background", "nucleus"])

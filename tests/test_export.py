@@ -15,8 +15,8 @@ from napari_instseg._io import (
     write_measurements,
 )
 from napari_instseg.cli import main
-from napari_instseg.core.export import coco_document, read_coco, rle_encode_labels
-from napari_instseg.core.postprocess import instance_result_from_labels
+from napari_instseg.core.io.tables import coco_document, read_coco, rle_encode_labels
+from napari_instseg.core.labels.postprocess import instance_result_from_labels
 
 
 def _labels(seed=0, shape=(61, 83), n=12):

@@ -13,11 +13,12 @@ import torch
 
 from conftest import disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model, segment_instances, segment_semantic
-from napari_instseg.core.metrics import match_counts
+from napari_instseg.core.engine.predict import drain
+from napari_instseg.core.labels.metrics import match_counts
 from napari_instseg.core.models.bundled import bundled_weights_path
-from napari_instseg.core.models.loading import LoadedModel, build_model
-from napari_instseg.core.predict import drain
-from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
+from napari_instseg.core.models.loaded import LoadedModel, build_model
+from napari_instseg.core.training.config import TrainConfig
+from napari_instseg.core.training.recipes import MaskRCNNTrainer, UNetTrainer
 
 pytestmark = pytest.mark.gpu
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from conftest import disc_image
-from napari_instseg.core.linking import (
+from napari_instseg.core.labels.linking import (
     SliceLinker,
     check_link,
     link_stack,
     linked_object_table,
     tracks_table,
 )
-from napari_instseg.core.postprocess import instance_result_from_labels, stack_instances
+from napari_instseg.core.labels.postprocess import instance_result_from_labels, stack_instances
 from napari_instseg.core.types import InputError
 
 CLASSES = ["background", "nucleus"]
@@ -162,7 +162,7 @@ def test_bad_link_requests_are_one_line_errors(link, stack_shape, message):
 
 
 def test_engine_links_a_stack_and_reports_it(oracle_unet):
-    from napari_instseg.core.predict import segment_semantic
+    from napari_instseg.core.engine.predict import segment_semantic
 
     image, _ = disc_image((64, 64), [(20, 20), (40, 44)], 7)
     stack = np.stack([np.roll(image, k, axis=1) for k in range(5)])
@@ -212,7 +212,7 @@ def test_linking_a_long_movie_streams_without_copying_it():
 
 
 def test_object_table_counts_a_linked_objects_area_per_slice():
-    from napari_instseg.core.export import object_table
+    from napari_instseg.core.io.tables import object_table
 
     slices = [_discs((30, 30), [(15, 15)], [r]) for r in (3, 5, 3)]
     linked = link_stack(_stack(slices), "z")

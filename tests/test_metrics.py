@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_instseg.core.metrics import iou_matrix, match_counts
+from napari_instseg.core.labels.metrics import iou_matrix, match_counts
 
 
 def reference_ap(true, pred, tau):

@@ -72,7 +72,7 @@ class _GpuOnlyOutOfMemory(torch.nn.Module):
 
 
 def test_gpu_out_of_memory_falls_back_to_a_cpu_copy(oracle_unet, monkeypatch):
-    from napari_instseg.core import reading
+    from napari_instseg.core.engine import reading
 
     image, _ = disc_image((200, 200), [(60, 60)], 10)
     reference = segment_semantic(image, oracle_unet, tile_size=128)

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import disc_image
 from napari_instseg import load_model, segment_instances, segment_semantic
-from napari_instseg.core.diameter import auto_rescale, training_diameter, typical_diameter
-from napari_instseg.core.metrics import match_counts
+from napari_instseg.core.engine.diameter import auto_rescale, training_diameter, typical_diameter
+from napari_instseg.core.labels.metrics import match_counts
 from napari_instseg.core.types import InputError, ModelError
 from test_engine import _oracle_detect
 

@@ -3,7 +3,12 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from napari_instseg.core.tiling import blend_window, ownership_bounds, tile_grid, tile_starts
+from napari_instseg.core.engine.tiling import (
+    blend_window,
+    ownership_bounds,
+    tile_grid,
+    tile_starts,
+)
 
 
 @given(st.integers(1, 5000), st.integers(32, 1024), st.data())
@@ -31,8 +36,8 @@ def test_grid_is_row_major_and_window_is_positive():
 def test_blended_classes_take_the_first_of_equal_probabilities():
     import torch
 
-    from napari_instseg.core.blending import BandBlender
-    from napari_instseg.core.tiling import Tile
+    from napari_instseg.core.engine.blending import BandBlender
+    from napari_instseg.core.engine.tiling import Tile
 
     blender = BandBlender(
         (1, 4), 3, ramp=0, instance_class=1, device=torch.device("cpu"), keep_probabilities=False

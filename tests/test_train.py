@@ -6,27 +6,26 @@ import torch
 
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
-from napari_instseg.core.batches import (
+from napari_instseg.core.engine.predict import drain
+from napari_instseg.core.models.loaded import LoadedModel, build_model
+from napari_instseg.core.training.augmentation import (
+    AugmentConfig,
+    _lost_detail,
+    _zoomed,
+    augmented_crop,
+)
+from napari_instseg.core.training.batches import (
     compact_target,
     maskrcnn_batch,
     packed_targets,
     unet_batch,
     unpacked_targets,
 )
-from napari_instseg.core.data import (
-    AnnotatedImage,
-    AugmentConfig,
-    _lost_detail,
-    _zoomed,
-    augmented_crop,
-    touching_zone,
-    unet_targets,
-)
-from napari_instseg.core.models.loading import LoadedModel, build_model
-from napari_instseg.core.predict import drain
-from napari_instseg.core.train import MaskRCNNTrainer, TrainConfig, UNetTrainer
+from napari_instseg.core.training.config import TrainConfig
+from napari_instseg.core.training.recipes import MaskRCNNTrainer, UNetTrainer
+from napari_instseg.core.training.samples import AnnotatedImage, touching_zone, unet_targets
+from napari_instseg.core.training.validation import validate
 from napari_instseg.core.types import Cancelled
-from napari_instseg.core.validation import validate
 
 
 def _config(iterations):
@@ -200,7 +199,7 @@ def test_unet_trainer_runs_saves_and_resumes(tmp_path):
 @pytest.mark.parametrize("cpu_bfloat16", [False, True])
 def test_unet_loss_goes_down_on_a_learnable_task(tmp_path, monkeypatch, cpu_bfloat16):
     # bfloat16 runs (slowly) on any CPU: pretend this one has native units
-    monkeypatch.setattr("napari_instseg.core.train.cpu_has_fast_bfloat16", lambda: True)
+    monkeypatch.setattr("napari_instseg.core.training.loop.cpu_has_fast_bfloat16", lambda: True)
     info = tiny_unet_info()
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
     config = _config(40)
@@ -222,7 +221,7 @@ def test_unet_loss_goes_down_on_a_learnable_task(tmp_path, monkeypatch, cpu_bflo
 
 
 def test_detectors_train_in_float32_on_cpus(tmp_path, monkeypatch):
-    monkeypatch.setattr("napari_instseg.core.train.cpu_has_fast_bfloat16", lambda: True)
+    monkeypatch.setattr("napari_instseg.core.training.loop.cpu_has_fast_bfloat16", lambda: True)
     info = tiny_maskrcnn_info(tile_size=64)
     loaded = LoadedModel(build_model(info), info, torch.device("cpu"))
     config = _config(1)
@@ -245,7 +244,7 @@ def test_maskrcnn_trainer_runs_and_cancels(tmp_path):
 
 
 def test_area_weighting_draws_large_images_more_often():
-    from napari_instseg.core.batches import sample_indices
+    from napari_instseg.core.training.batches import sample_indices
 
     small = AnnotatedImage.create(
         "s", np.zeros((16, 16, 3)), np.zeros((16, 16), int), {"low": 1.0, "high": 99.8}
@@ -261,7 +260,7 @@ def test_area_weighting_draws_large_images_more_often():
 
 
 def test_balanced_weighting_gives_rare_kinds_of_image_a_larger_share():
-    from napari_instseg.core.batches import sample_indices
+    from napari_instseg.core.training.batches import sample_indices
 
     def sample(name, kind):
         labels = np.zeros((32, 32), int)
@@ -291,8 +290,7 @@ def test_balanced_weighting_gives_rare_kinds_of_image_a_larger_share():
 
 
 def test_files_pair_by_stem_with_label_suffixes(tmp_path):
-    from napari_instseg.core.data import paired_files
-
+    from napari_instseg.core.io.images import paired_files
     images, masks, predicted = (tmp_path / d for d in ("images", "masks", "pred"))
     for folder, names in (
         (images, ["a.tif", "b.png", "c.tif", "notes.txt"]),
@@ -316,7 +314,7 @@ def test_files_pair_by_stem_with_label_suffixes(tmp_path):
 def test_checkpoint_choice_tolerates_validation_noise():
     from types import SimpleNamespace
 
-    from napari_instseg.core.train import Trainer, TrainState
+    from napari_instseg.core.training.loop import Trainer, TrainState
 
     def chosen(margin, scores):
         trainer = SimpleNamespace(config=TrainConfig(selection_margin=margin), state=TrainState())
@@ -334,7 +332,7 @@ def test_checkpoint_choice_tolerates_validation_noise():
 
 
 def test_validation_margin_counts_objects_not_ignored_pixels():
-    from napari_instseg.core.finetune import validation_margin
+    from napari_instseg.core.training.finetune import validation_margin
 
     labels = np.zeros((40, 40), np.int64)
     labels[:10, :10] = np.arange(1, 101).reshape(10, 10)  # 100 objects

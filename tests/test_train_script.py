@@ -18,7 +18,7 @@ from train_bundled import (  # noqa: E402
 
 from napari_instseg.core.models import checkpoint  # noqa: E402
 from napari_instseg.core.models.bundled import bundled_weights_path  # noqa: E402
-from napari_instseg.core.models.loading import build_model  # noqa: E402
+from napari_instseg.core.models.loaded import build_model  # noqa: E402
 from napari_instseg.core.types import ModelError  # noqa: E402
 
 

@@ -27,7 +27,7 @@ CHILD = textwrap.dedent(
 
     import numpy as np
     from napari_instseg.core.models.info import ModelInfo
-    from napari_instseg.core.models.loading import LoadedModel, build_model
+    from napari_instseg.core.models.loaded import LoadedModel, build_model
     from napari_instseg import segment_instances
     import torch
 

@@ -7,8 +7,11 @@ import torch
 
 from conftest import disc_image
 from napari_instseg import load_model
-from napari_instseg.core.data import AnnotatedImage
-from napari_instseg.core.tuning import best_detection_thresholds, sweep_detection_thresholds
+from napari_instseg.core.training.samples import AnnotatedImage
+from napari_instseg.core.training.tuning import (
+    best_detection_thresholds,
+    sweep_detection_thresholds,
+)
 
 JUNK_BOX = [2.0, 2.0, 14.0, 14.0]  # an empty corner of every image
 

@@ -224,7 +224,7 @@ def test_z_stack_whole_and_current_slice(make_napari_viewer, make_widget):
 def test_selecting_a_box_shows_its_instance_and_back(make_napari_viewer):
     from napari_instseg import _layers
     from napari_instseg._widgets.result_layers import link_boxes_and_labels
-    from napari_instseg.core.postprocess import instance_result_from_labels
+    from napari_instseg.core.labels.postprocess import instance_result_from_labels
 
     _, truth = disc_image((64, 64), [(16, 16), (45, 45), (16, 48)], 6)
     result = instance_result_from_labels(truth, ["background", "nucleus"])
@@ -506,7 +506,7 @@ def test_block_by_block_into_zarr_gives_a_labels_layer_on_disk(make_napari_viewe
 
     from napari_instseg._sample_data import load_sample
     from napari_instseg._widgets.segment import SemanticSegmentationWidget
-    from napari_instseg.core.blockwise import segment_blockwise
+    from napari_instseg.core.blockwise.blocks import segment_blockwise
 
     viewer = make_napari_viewer()
     image = load_sample("nuclei")[:256, :320]

@@ -9,8 +9,8 @@ import zarr
 
 from napari_instseg._sample_data import load_sample
 from napari_instseg.cli import main
+from napari_instseg.core.io.zarr_io import open_zarr_image, write_label_image
 from napari_instseg.core.types import InputError
-from napari_instseg.core.zarr_io import open_zarr_image, write_label_image
 
 IMAGE = load_sample("nuclei")[:160, :200]
 

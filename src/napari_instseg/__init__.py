@@ -7,8 +7,8 @@ napari when it reads the manifest) does not import torch.
 __version__ = "0.1.0"
 
 _API = {
-    "segment_instances": "napari_instseg.core.predict",
-    "segment_semantic": "napari_instseg.core.predict",
+    "segment_instances": "napari_instseg.core.engine.predict",
+    "segment_semantic": "napari_instseg.core.engine.predict",
     "load_model": "napari_instseg.core.models.loading",
     "list_models": "napari_instseg.core.models.registry",
     "InstanceResult": "napari_instseg.core.types",

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers
-from .core.export import MEASUREMENT_COLUMNS, coco_document, measurements, read_coco, slice_name
-from .core.files import atomic_write
-from .core.postprocess import boxes_from_labels
+from .core.io.files import atomic_write
+from .core.io.tables import MEASUREMENT_COLUMNS, coco_document, measurements, read_coco, slice_name
+from .core.labels.postprocess import boxes_from_labels
 from .core.types import InstanceResult
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.export import object_table
-from .core.linking import linked_object_table
+from .core.io.tables import object_table
+from .core.labels.linking import linked_object_table
 from .core.models.architectures import SEMANTIC
 from .core.types import InstanceResult, SemanticResult
 

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _diameter(text: str):
-    from .core.diameter import parse_diameter
+    from .core.engine.diameter import parse_diameter
     from .core.types import InputError
 
     try:

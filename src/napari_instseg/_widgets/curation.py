@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 
-from ..core import curation
+from ..core.labels import curation
 from ..core.types import InputError
 from . import result_links
 from ._common import wrapping_label

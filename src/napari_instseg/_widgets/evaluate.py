@@ -55,7 +55,7 @@ class EvaluateWidget(Container):
     def evaluate(self) -> dict | None:
         """Fill the table (AP, precision, recall, F1, mean IoU, PQ per threshold)
         and add or update the error layers; returns the summary."""
-        from ..core.metrics import DEFAULT_THRESHOLDS, match_counts, match_instances
+        from ..core.labels.metrics import DEFAULT_THRESHOLDS, match_counts, match_instances
 
         truth, pred = self.ground_truth.value, self.prediction.value
         if truth is None or pred is None or truth is pred:

@@ -43,8 +43,8 @@ def confirm_trust(parent, name: str) -> bool:
 def open_package(widget, path, confirm=confirm_trust) -> str | None:
     """Check a package for ``widget``'s task, ask for trust where needed, and
     add it to the model list; returns the model value (its path) or None."""
-    from ..core.bioimageio_import import describe, ours, trust_package
     from ..core.models.architectures import ARCHITECTURES, SEMANTIC
+    from ..core.models.bioimageio_import import describe, ours, trust_package
     from ..core.types import ModelError
 
     path = str(Path(path).resolve())

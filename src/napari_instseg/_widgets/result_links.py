@@ -59,7 +59,7 @@ def link_result(viewer, labels, boxes, source, channel_axis, offset, options, me
         return np.asarray(data[tuple(index)])
 
     def segment(plane, box):
-        from ..core.prompts import segment_in_boxes
+        from ..core.engine.prompts import segment_in_boxes
 
         image = image_plane(plane)
         return segment_in_boxes(

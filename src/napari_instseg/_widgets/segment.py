@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from magicgui.widgets import CheckBox, FloatSpinBox, SpinBox
 
-from ..core import options
+from ..core.engine import options
 from ..core.models.architectures import INSTANCE, SEMANTIC
 from .segmentation_base import SegmentationWidget
 

@@ -27,7 +27,7 @@ from magicgui.widgets import (
 )
 
 from .. import _layers
-from ..core.diameter import describe
+from ..core.engine.diameter import describe
 
 # the registry lists models and reads their settings without torch: the widget opens fast
 from ..core.models import registry
@@ -237,7 +237,7 @@ class SegmentationWidget(Container):
         }
 
     def _make_generator(self, data, channel_axis, kwargs, zarr_target=None):
-        from ..core import predict
+        from ..core.engine import predict
 
         if zarr_target is not None:
             return blockwise_generator(data, kwargs, zarr_target)
@@ -263,7 +263,7 @@ class SegmentationWidget(Container):
         names = self._result_names(layer)  # fixed now, whatever the pickers say later
         if blocking:
             import_torch(self.task == INSTANCE)
-            from ..core.predict import drain
+            from ..core.engine.predict import drain
 
             try:
                 generator = self._make_generator(data, channel_axis, kwargs, target)

@@ -148,7 +148,7 @@ class TrainWidget(Container):
 
     def _samples(self, info):
         """AnnotatedImages from the pairs (2D, or each slice of a stack) and folders."""
-        from ..core import finetune
+        from ..core.training import finetune
 
         samples = []
         for image, labels in self.pairs:
@@ -188,9 +188,9 @@ class TrainWidget(Container):
         import_torch()
         import torch
 
-        from ..core import finetune
         from ..core.models.loading import load_model
         from ..core.models.user_settings import remember_checkpoint
+        from ..core.training import finetune
 
         base = load_model(self.base_model.value, self.device.value)
         output = Path(self.output.value)
@@ -223,7 +223,7 @@ class TrainWidget(Container):
         self._baseline = None
         self.status.value = ""
         if blocking:
-            from ..core.predict import drain
+            from ..core.engine.predict import drain
 
             try:
                 value = drain(self._work(), self._on_yield)

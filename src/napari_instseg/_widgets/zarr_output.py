@@ -53,7 +53,7 @@ class ZarrOutputControls:
 def blockwise_generator(data, kwargs: dict, target: Path):
     """The block-wise engine's generator for the widget's worker (``target``
     has checked that the options suit it)."""
-    from ..core.blockwise import iter_segment_blockwise
+    from ..core.blockwise.blocks import iter_segment_blockwise
 
     kwargs = dict(kwargs)
     return iter_segment_blockwise(data, kwargs.pop("model"), labels_to=target, **kwargs)

@@ -58,9 +58,9 @@ def segment_on_cluster(client, path, image, args, report, labels_to=None, channe
     read by the workers themselves; an image in memory is sent to them once.
     ``labels_to`` ((path, axes, scale)) writes the labels there as an
     OME-Zarr label image, region by region, instead of holding them."""
-    from ..core.blockwise import segment_blockwise
+    from ..core.blockwise.blocks import segment_blockwise
+    from ..core.io.zarr_io import is_zarr
     from ..core.types import InputError
-    from ..core.zarr_io import is_zarr
     from .predict import engine_options
 
     given = [flag for flag, value in BLOCKWISE_REFUSES.items() if getattr(args, value) is not None]
@@ -96,7 +96,7 @@ BLOCKWISE_REFUSES = {"--diameter": "diameter", "--link": "link", "--channel-axis
 def submit_files(client, files, args) -> dict:
     """One task per TIFF/PNG/JPEG file (a whole image each), submitted at once;
     zarr inputs are left to block-wise runs. {path: future}"""
-    from ..core.zarr_io import is_zarr
+    from ..core.io.zarr_io import is_zarr
     from .predict import engine_options
 
     options = engine_options(args, args.channel_axis)
@@ -111,7 +111,7 @@ def segment_file(path: str, model: str, options: dict):
     """(instances, semantic or None) of one file: the task a worker runs."""
     from pathlib import Path
 
-    from ..core.predict import segment
+    from ..core.engine.predict import segment
     from .predict import _read_input
 
     image, channel_axis, _ = _read_input(Path(path), options["channel_axis"])

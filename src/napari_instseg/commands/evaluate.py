@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.files import atomic_write
+from ..core.io.files import atomic_write
 from . import EXIT_OK, CommandError
 
 
@@ -14,7 +14,7 @@ def _pair_label_files(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
         return [(gt.stem, gt, pred)]
     if not (gt.is_dir() and pred.is_dir()):
         raise CommandError("GT and PRED must both be files or both be folders")
-    from ..core.data import paired_files
+    from ..core.io.images import paired_files
 
     pairs = paired_files(gt, pred, both_label_files=True)
     if not pairs:
@@ -23,8 +23,8 @@ def _pair_label_files(gt: Path, pred: Path) -> list[tuple[str, Path, Path]]:
 
 
 def cmd_evaluate(args) -> int:
-    from ..core.data import read_image
-    from ..core.metrics import score_dataset
+    from ..core.io.images import read_image
+    from ..core.labels.metrics import score_dataset
 
     try:
         thresholds = [float(t) for t in args.thresholds.split(",")]

@@ -17,7 +17,7 @@ def cmd_export_bioimageio(args) -> int:
     if output.exists() and not args.overwrite:
         raise CommandError(f"{output} exists (--overwrite replaces it)")
     try:
-        from ..core.bioimageio_export import export_bioimageio
+        from ..core.models.bioimageio_export import export_bioimageio
 
         export_bioimageio(args.model, output)
     except ImportError:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.export import object_table
-from ..core.files import IMAGE_SUFFIXES, atomic_write
+from ..core.io.files import IMAGE_SUFFIXES, atomic_write
+from ..core.io.tables import object_table
 from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
 
 # the columns of OUTDIR/STEM_boxes.csv, cut from core.export.object_table
@@ -29,7 +29,7 @@ BOXES_COLUMNS = [
 
 
 def _expand_inputs(paths: list[str]) -> list[Path]:
-    from ..core.zarr_io import is_zarr
+    from ..core.io.zarr_io import is_zarr
 
     files: list[Path] = []
     for raw in paths:
@@ -48,9 +48,8 @@ def _expand_inputs(paths: list[str]) -> list[Path]:
 def _read_input(path: Path, channel_axis):
     """(image, channel axis, (axes, scale) for zarr outputs) of an input file;
     zarr stays on disk and is read tile by tile."""
-    from ..core.data import read_image
-    from ..core.zarr_io import is_zarr, label_axes, open_zarr_image
-
+    from ..core.io.images import read_image
+    from ..core.io.zarr_io import is_zarr, label_axes, open_zarr_image
     if not is_zarr(path):
         return read_image(path), channel_axis, (None, None)
     opened = open_zarr_image(path)
@@ -86,7 +85,7 @@ def _write_predictions(
     import tifffile
 
     if zarr_axes is not None:
-        from ..core.zarr_io import write_label_image
+        from ..core.io.zarr_io import write_label_image
 
         if not labels_written:
             write_label_image(outdir / f"{stem}_labels.zarr", instances.labels, *zarr_axes)
@@ -114,7 +113,7 @@ def _write_predictions(
 def _write_linked(stem: str, outdir: Path, instances) -> None:
     """STEM_objects.csv (one row per 3D object or track) and, for tracks,
     STEM_tracks.csv in napari's Tracks columns."""
-    from ..core.linking import linked_object_table
+    from ..core.labels.linking import linked_object_table
 
     table = linked_object_table(instances)
     _write_table(outdir / f"{stem}_objects.csv", table)
@@ -165,8 +164,8 @@ def engine_options(args, channel_axis) -> dict:
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
-    from ..core import predict
-    from ..core.diameter import describe
+    from ..core.engine import predict
+    from ..core.engine.diameter import describe
     from ..core.models.loading import load_model
     from ..core.types import Cancelled, InputError, ModelError
     from .cluster import cluster_client, segment_on_cluster, submit_files
@@ -177,7 +176,7 @@ def cmd_predict(args) -> int:
         if not os.access(outdir, os.W_OK):
             raise CommandError(f"{outdir}: output folder is not writable")
         if getattr(args, "trust_package", False):
-            from ..core.bioimageio_import import trust_package
+            from ..core.models.bioimageio_import import trust_package
 
             trust_package(args.model)
         loaded = load_model(args.model, args.device)
@@ -187,7 +186,7 @@ def cmd_predict(args) -> int:
         raise CommandError(f"{outdir}: cannot create output folder ({err.strerror})") from None
     coco = None
     if args.coco:
-        from ..core.export import CocoBuilder
+        from ..core.io.tables import CocoBuilder
 
         coco = CocoBuilder()
     files = _expand_inputs(args.inputs)
@@ -275,7 +274,7 @@ def cmd_predict(args) -> int:
 
 def _add_to_coco(coco, file_name: str, instances) -> None:
     """Add a result to the COCO document; stacks go in slice by slice."""
-    from ..core.export import slice_name
+    from ..core.io.tables import slice_name
 
     for index, plane in instances.planes():
         coco.add(slice_name(file_name, index), plane)

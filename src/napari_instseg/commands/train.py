@@ -11,10 +11,10 @@ from . import EXIT_OK, CommandError
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from ..core import finetune
+    from ..core.engine.predict import drain
     from ..core.models.info import ModelInfo
     from ..core.models.loading import load_model
-    from ..core.predict import drain
+    from ..core.training import finetune
     from ..core.types import Cancelled, InputError, ModelError
 
     try:

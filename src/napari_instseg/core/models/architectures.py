@@ -3,7 +3,7 @@ a Mask R-CNN, so that the registry, training, fine-tuning, the engine, the
 CLI and the widgets ask the record instead of comparing names, and a third
 architecture is added here alone.
 
-Nothing here imports torch at import time: builders, trainers and tile
+Nothing here imports torch at import time: builders and tile
 predictors are imported when called.
 """
 
@@ -24,7 +24,7 @@ class Architecture:
     ``tile_predictor()`` returns the function the engine runs on a batch of
     tiles: ``(module, batch) -> probabilities`` for semantic models,
     ``(module, batch, sizes, score_threshold) -> detections`` for instance
-    models. ``trainer(semantic)`` returns the training class.
+    models. The training recipes live in ``core.training.recipes``.
     """
 
     name: str
@@ -32,7 +32,6 @@ class Architecture:
     title: str  # for people: "U-Net", "Mask R-CNN"
     build: Callable[[dict], object]
     tile_predictor: Callable[[], Callable]
-    trainer: Callable[[bool], type]
     new_model_config: dict  # the bundled models' layout, for training from scratch
     train_batch_size: int
     prepare_inference: Callable[[object], object | None] = lambda module: None
@@ -77,18 +76,6 @@ def _maskrcnn_predictor():
     return detect_without_pasting
 
 
-def _unet_trainer(semantic: bool) -> type:
-    from ..train import SemanticUNetTrainer, UNetTrainer
-
-    return SemanticUNetTrainer if semantic else UNetTrainer
-
-
-def _maskrcnn_trainer(semantic: bool) -> type:
-    from ..train import MaskRCNNTrainer
-
-    return MaskRCNNTrainer
-
-
 def _unet_inference_copy(module):
     from .unet import inference_copy
 
@@ -102,7 +89,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         title="U-Net",
         build=_build_unet,
         tile_predictor=_unet_predictor,
-        trainer=_unet_trainer,
         new_model_config={"in_channels": 3, "widths": [16, 32, 64, 128, 256], "norm": "batch"},
         train_batch_size=8,
         # BatchNorm folded into the convolutions (one pass less over every feature
@@ -116,7 +102,6 @@ ARCHITECTURES: dict[str, Architecture] = {
         title="Mask R-CNN",
         build=_build_maskrcnn,
         tile_predictor=_maskrcnn_predictor,
-        trainer=_maskrcnn_trainer,
         new_model_config={
             "backbone": "resnet18",
             "norm": "batch",

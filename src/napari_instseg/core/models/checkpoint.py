@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
-from ..files import atomic_write
+from ..io.files import atomic_write
 from ..types import ModelError
 
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import git_commit, machine_description  # noqa: E402
 
 from napari_instseg import load_model, segment_semantic  # noqa: E402
-from napari_instseg.core.engine.predict import drain  # noqa: E402
+from napari_instseg.core.draining import drain  # noqa: E402
 from napari_instseg.core.labels.metrics import match_counts  # noqa: E402
 from napari_instseg.core.labels.postprocess import relabel_sequential  # noqa: E402
 from napari_instseg.core.training import finetune  # noqa: E402

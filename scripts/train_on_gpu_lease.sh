@@ -48,7 +48,7 @@ log() { echo "[$(( $(date +%s) - start ))s] $*" | tee -a "$runs/lease.txt"; }
 nvidia-smi -L >>"$runs/lease.txt" 2>&1
 "$python" scripts/pack_training_data.py unpack "$packed" "$runs/dsb2018" | tee -a "$runs/lease.txt"
 
-# The validations post-process on the GPU (core/device_instances, device_painting);
+# The validations post-process on the GPU (core/labels/device_instances, device_painting);
 # check that code on this device first, and keep validation on the host if it fails.
 launcher=(scripts/train_bundled.py)
 if timeout 120 "$python" -m pytest -q -x -p no:cacheprovider tests/test_device_instances.py \

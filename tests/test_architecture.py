@@ -116,3 +116,152 @@ def test_manifest_validates():
         "Curate labels",
     }
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei", "nuclei-histology"}
+
+
+def _imports() -> dict[str, set[tuple[str, str]]]:
+    """{module: {(imported module, imported name)}} of every import inside the
+    package, function-local ones included, with relative imports resolved."""
+    import ast
+
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = ["napari_instseg", *path.relative_to(SRC).with_suffix("").parts]
+        package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        name = ".".join(parts if parts[-1] != "__init__" else parts[:-1])
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join([*base, node.module] if node.module else base)
+                found |= {(module, alias.name) for alias in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {(alias.name, "") for alias in node.names}
+        modules[name] = {(m, n) for m, n in found if m.startswith("napari_instseg")}
+    return modules
+
+
+def _module_edges(modules: dict) -> dict[str, set[str]]:
+    """Module -> the package modules it imports (a name that is itself a
+    module counts as that module)."""
+    edges = {}
+    for name, imported in modules.items():
+        targets = set()
+        for module, item in imported:
+            target = f"{module}.{item}" if f"{module}.{item}" in modules else module
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target != name:
+                targets.add(target)
+        edges[name] = targets
+    return edges
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one node (Tarjan)."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in edges.get(node, ()):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                other = stack.pop()
+                on_stack.discard(other)
+                group.append(other)
+                if other == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def _subpackage(module: str) -> str:
+    """``napari_instseg.core.engine`` for any module under ``core/engine/``;
+    modules directly in ``core/`` and the package stand for themselves."""
+    parts = module.split(".")
+    if len(parts) > 3 and parts[1] == "core":
+        return ".".join(parts[:3])
+    if len(parts) > 2 and parts[1] in ("commands", "_widgets"):
+        return ".".join(parts[:2])
+    return module
+
+
+def test_no_module_imports_another_that_imports_it_back():
+    assert _cycles(_module_edges(_imports())) == []
+
+
+def test_subpackages_import_each_other_one_way_only():
+    edges: dict[str, set[str]] = {}
+    for module, targets in _module_edges(_imports()).items():
+        group = _subpackage(module)
+        edges.setdefault(group, set()).update(
+            t for t in map(_subpackage, targets) if t != group and not group.startswith(t + ".")
+        )
+    assert _cycles(edges) == []
+
+
+def test_the_cycle_check_finds_a_cycle():
+    # the check above would pass on any graph if _cycles never found one
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_private_name_is_imported_across_subpackages():
+    modules = _imports()
+    crossing = [
+        f"{module} imports {source}.{name}"
+        for module, imported in modules.items()
+        for source, name in imported
+        if name.startswith("_")
+        and not name.startswith("__")
+        and f"{source}.{name}" not in modules  # a module of its own, not a name in one
+        and _subpackage(source) != _subpackage(module)
+    ]
+    assert crossing == []
+
+
+def test_no_core_subpackage_holds_more_than_twelve_modules():
+    sizes = {
+        folder.name: len([p for p in folder.glob("*.py") if p.name != "__init__.py"])
+        for folder in (SRC / "core").iterdir()
+        if folder.is_dir() and (folder / "__init__.py").exists()
+    }
+    assert sizes and max(sizes.values()) <= 12, sizes
+
+
+def test_public_functions_list_every_option_in_their_signature():
+    import dataclasses
+    import inspect
+
+    from napari_instseg.core.engine.options import InstanceOptions, SemanticOptions
+
+    for function, options in (
+        (napari_instseg.segment_semantic, SemanticOptions),
+        (napari_instseg.iter_segment_semantic, SemanticOptions),
+        (napari_instseg.segment_instances, InstanceOptions),
+        (napari_instseg.iter_segment_instances, InstanceOptions),
+    ):
+        parameters = inspect.signature(function).parameters
+        for field in dataclasses.fields(options):
+            parameter = parameters[field.name]
+            assert parameter.kind is inspect.Parameter.KEYWORD_ONLY
+            assert parameter.default == field.default
+            assert parameter.annotation is not inspect.Parameter.empty
+            assert f"{field.name}: " in function.__doc__
+
+
+def test_api_reference_page_is_current():
+    script = SRC.parents[1] / "scripts" / "make_api_reference.py"
+    done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -109,7 +109,7 @@ def test_metadata_without_required_fields_is_refused(tmp_path):
 
 
 def test_coco_model_offline_says_where_to_put_the_weights(tmp_path, monkeypatch):
-    from napari_instseg.core.models import coco
+    from napari_instseg.core.models import bundled as coco
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
@@ -131,7 +131,7 @@ def test_coco_model_loads_from_torch_hub_cache(tmp_path, monkeypatch):
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     from napari_instseg import segment_instances
-    from napari_instseg.core.models import coco
+    from napari_instseg.core.models import bundled as coco
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     path = coco.coco_weights_file()
@@ -206,7 +206,7 @@ def test_torch_hub_folder_is_found_before_torch_is_imported(tmp_path, monkeypatc
     the folder must be the one torch will use."""
     import sys
 
-    from napari_instseg.core.models.coco import torch_hub_dir
+    from napari_instseg.core.models.bundled import torch_hub_dir
 
     monkeypatch.delenv("TORCH_HOME", raising=False)
     monkeypatch.setenv(variable, str(tmp_path))

@@ -67,7 +67,7 @@ def test_predict_instances_with_maskrcnn_checkpoint(tmp_path, tiny_maskrcnn_path
 
 
 def _spy_on(monkeypatch, function: str) -> dict:
-    """The keyword arguments of the latest call of ``core.predict.<function>``."""
+    """The keyword arguments of the latest call of ``core.engine.predict.<function>``."""
     from napari_instseg.core.engine import predict
 
     seen = {}

@@ -1,4 +1,4 @@
-"""core.curation: each edit as the pixels that change, labels untouched."""
+"""core.labels.curation: each edit as the pixels that change, labels untouched."""
 
 import numpy as np
 import pytest

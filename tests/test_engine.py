@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from conftest import disc_image
-from napari_instseg import load_model, segment_instances, segment_semantic
-from napari_instseg.core.engine import predict
+from napari_instseg import detect_instances, load_model, segment_instances, segment_semantic
 from napari_instseg.core.labels.detections import paste
 from napari_instseg.core.labels.metrics import match_counts
 from napari_instseg.core.types import Cancelled, InputError, ModelError
@@ -400,7 +399,7 @@ def test_detection_thresholds_out_of_range_are_clear_errors(tiny_maskrcnn_path, 
 
 def test_detections_painted_at_any_mask_threshold_equal_segmenting_at_it(oracle_detector):
     image, _ = disc_image((200, 180), _centres_on_seams((200, 180), 64, 16, 7), 7)
-    detections = predict.detect_instances(image, oracle_detector, tile_size=64, overlap=16)
+    detections = detect_instances(image, oracle_detector, tile_size=64, overlap=16)
     for mask_threshold in (0.2, 0.5, 0.8):
         direct = segment_instances(
             image, oracle_detector, tile_size=64, overlap=16, mask_threshold=mask_threshold
@@ -414,4 +413,4 @@ def test_detections_painted_at_any_mask_threshold_equal_segmenting_at_it(oracle_
 
 def test_detect_instances_takes_one_2d_image(oracle_detector):
     with pytest.raises(InputError, match="one 2D image"):
-        predict.detect_instances(np.zeros((2, 64, 64), np.float32), oracle_detector)
+        detect_instances(np.zeros((2, 64, 64), np.float32), oracle_detector)

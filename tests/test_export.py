@@ -15,7 +15,7 @@ from napari_instseg._io import (
     write_measurements,
 )
 from napari_instseg.cli import main
-from napari_instseg.core.io.tables import coco_document, read_coco, rle_encode_labels
+from napari_instseg.core.io.coco_json import coco_document, read_coco, rle_encode_labels
 from napari_instseg.core.labels.postprocess import instance_result_from_labels
 
 

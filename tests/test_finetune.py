@@ -162,7 +162,7 @@ def test_time_budget_stops_cleanly_and_keeps_the_best(annotated_folders, tiny_un
     job = finetune.prepare(
         train, model=tiny_unet_path, max_minutes=0.05, device="cpu", run_dir=tmp_path / "run"
     )
-    from napari_instseg.core.engine.predict import drain
+    from napari_instseg.core.draining import drain
 
     drain(job.trainer.run())
     assert job.trainer.state.seconds < 30
@@ -178,7 +178,7 @@ def test_one_tiny_image_still_trains_with_a_warning(tiny_unet_path):
     job = finetune.prepare([sample], model=tiny_unet_path, epochs=2, device="cpu")
     assert any("one image" in w for w in job.warnings)
     assert any("annotated objects" in w for w in job.warnings)
-    from napari_instseg.core.engine.predict import drain
+    from napari_instseg.core.draining import drain
 
     assert drain(job.trainer.run()).iteration >= 1
 
@@ -189,7 +189,7 @@ def test_fine_tuning_does_not_modify_the_base_model(tiny_unet_path, annotated_fo
     before = {k: v.clone() for k, v in base.module.state_dict().items()}
     train = finetune.load_annotated_folder(images, masks, base.info)
     job = finetune.prepare(train, model=base, epochs=2, device="cpu")
-    from napari_instseg.core.engine.predict import drain
+    from napari_instseg.core.draining import drain
 
     drain(job.trainer.run())
     after = base.module.state_dict()
@@ -243,7 +243,7 @@ def test_fine_tuning_never_returns_a_model_worse_than_the_base(
     base = load_model(tiny_unet_path, "cpu")
     train = finetune.load_annotated_folder(images, masks, base.info)
     job = finetune.prepare(train, model=base, epochs=3, device="cpu", learning_rate=50.0)
-    from napari_instseg.core.engine.predict import drain
+    from napari_instseg.core.draining import drain
 
     drain(job.trainer.run())  # a learning rate this high wrecks the weights
     saved = load_model(job.save(tmp_path / "out.safetensors"), "cpu")
@@ -258,7 +258,7 @@ def test_fine_tuning_keeps_batchnorm_statistics(annotated_folders, tiny_unet_pat
     base = load_model(tiny_unet_path, "cpu")
     train = finetune.load_annotated_folder(images, masks, base.info)
     job = finetune.prepare(train[:2], model=base, epochs=2, device="cpu")
-    from napari_instseg.core.engine.predict import drain
+    from napari_instseg.core.draining import drain
 
     before = {
         k: v.clone()

@@ -13,7 +13,7 @@ import torch
 
 from conftest import disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model, segment_instances, segment_semantic
-from napari_instseg.core.engine.predict import drain
+from napari_instseg.core.draining import drain
 from napari_instseg.core.labels.metrics import match_counts
 from napari_instseg.core.models.bundled import bundled_weights_path
 from napari_instseg.core.models.loaded import LoadedModel, build_model

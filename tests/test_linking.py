@@ -1,4 +1,4 @@
-"""Linking 2D instances through z and time (core.linking), the engine's
+"""Linking 2D instances through z and time (core.labels.linking), the engine's
 ``link=`` option and the CLI's ``--link``."""
 
 import csv

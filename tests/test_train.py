@@ -6,7 +6,7 @@ import torch
 
 from conftest import disc_image, disc_samples, tiny_maskrcnn_info, tiny_unet_info
 from napari_instseg import load_model
-from napari_instseg.core.engine.predict import drain
+from napari_instseg.core.draining import drain
 from napari_instseg.core.models.loaded import LoadedModel, build_model
 from napari_instseg.core.training.augmentation import (
     AugmentConfig,

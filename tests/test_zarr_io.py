@@ -1,4 +1,4 @@
-"""OME-Zarr and zarr in, OME-Zarr label images out (core.zarr_io, CLI)."""
+"""OME-Zarr and zarr in, OME-Zarr label images out (core.io.zarr_io, CLI)."""
 
 import os
 

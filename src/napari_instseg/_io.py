@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from . import _layers
+from .core.io.coco_json import coco_document, read_coco
 from .core.io.files import atomic_write
-from .core.io.tables import MEASUREMENT_COLUMNS, coco_document, measurements, read_coco, slice_name
+from .core.io.tables import MEASUREMENT_COLUMNS, measurements, slice_name
 from .core.labels.postprocess import boxes_from_labels
 from .core.types import InstanceResult
 

@@ -1,4 +1,6 @@
-"""The ``napari-instseg`` command line: models, predict, evaluate, demo.
+"""The ``napari-instseg`` command line: its parser and ``main``; each command
+lives in ``commands/`` (models, predict, train, evaluate, export-bioimageio,
+demo).
 
 Errors are printed as one line (``error: FILE: reason``) without a traceback
 unless ``--debug``; a batch keeps going past a bad file and exits non-zero.
@@ -9,46 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .commands import EXIT_FAILED, EXIT_OK, CommandError, report_error
+from .commands import EXIT_FAILED, CommandError, report_error
+from .commands.demo import cmd_demo
+from .commands.engine_flags import add_engine_flags
 from .commands.evaluate import cmd_evaluate
 from .commands.export import cmd_export_bioimageio
+from .commands.models import cmd_models
 from .commands.predict import cmd_predict
 from .commands.train import cmd_train
 from .core.models.architectures import ARCHITECTURES
-
-# --- models -------------------------------------------------------------------------------
-
-
-def cmd_models(args) -> int:
-    from .core.models.registry import registered_models
-
-    entries = registered_models()
-    width = max(len(n) for n in entries)
-    for name, entry in entries.items():
-        state = "ready" if entry.available() else "not downloaded/installed"
-        print(f"{name:<{width}}  {entry.description} [{state}]")
-    return EXIT_OK
-
-
-# --- predict ------------------------------------------------------------------------------
-
-
-# --- evaluate -----------------------------------------------------------------------------
-
-
-# --- train ------------------------------------------------------------------------------
-
-
-# --- demo ---------------------------------------------------------------------------------
-
-
-def cmd_demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(screenshot=args.screenshot, model=args.model)
-
-
-# --- main ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,53 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="let a bioimage.io package's own architecture code run (only for packages you trust)",
     )
     p.add_argument("-o", "--outdir", default=".", help="output folder (default: .)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--tile-size", type=int, default=None)
-    p.add_argument("--overlap", type=int, default=None)
-    p.add_argument(
-        "--score-threshold",
-        type=float,
-        default=None,
-        help="Mask R-CNN detections to keep (default: the model's own, else 0.5)",
-    )
-    p.add_argument(
-        "--mask-threshold",
-        type=float,
-        default=None,
-        help="Mask R-CNN mask probability counted as inside (default: the model's own, else 0.5)",
-    )
-    p.add_argument(
-        "--channel-axis",
-        type=int,
-        default=None,
-        help="axis of channels in a multichannel image (RGB is found itself)",
-    )
-    p.add_argument(
-        "--diameter",
-        type=_diameter,
-        default=None,
-        metavar="PX|auto",
-        help="typical object diameter in pixels, or 'auto' to measure it per image; "
-        "images are rescaled to the model's trained object size (default: as they are)",
-    )
-    p.add_argument(
-        "--augment",
-        action="store_true",
-        help="test-time augmentation: average over flips and rotations (about 8x slower)",
-    )
-    p.add_argument(
-        "--link",
-        choices=["z", "t"],
-        default=None,
-        help="join a stack's slices: one id per 3D object (z) or per track (t); "
-        "writes STEM_objects.csv, and STEM_tracks.csv for t",
-    )
-    p.add_argument(
-        "--link-threshold",
-        type=float,
-        default=None,
-        help="IoU of two slices' objects that links them (default: 0.15)",
-    )
+    add_engine_flags(p)
     p.add_argument(
         "--cluster",
         metavar="local:N",
@@ -220,16 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", help="save a screenshot of the window here and exit")
     p.set_defaults(func=cmd_demo)
     return parser
-
-
-def _diameter(text: str):
-    from .core.engine.diameter import parse_diameter
-    from .core.types import InputError
-
-    try:
-        return parse_diameter(text)
-    except InputError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,7 +108,7 @@ def sizing_controls() -> tuple[LineEdit, CheckBox]:
 
 def parse_diameter(text: str) -> float | str | None:
     """The diameter field's value for the engine; empty means none."""
-    from ..core.engine.diameter import parse_diameter as engine_diameter
+    from ..core.engine.options import parse_diameter as engine_diameter
     from ..core.types import InputError
 
     text = (text or "").strip().lower()

@@ -2,7 +2,7 @@
 holes and relabel an instances layer, each undoable with napari's undo on
 the Labels layer (Ctrl+Z there, or Undo here).
 
-The edits are computed by ``core.curation`` and written with
+The edits are computed by ``core.labels.curation`` and written with
 ``Labels.data_setitem``; when the layer is a linked result
 (``linked_layers``), its boxes and features follow.
 """

@@ -1,7 +1,7 @@
 """A result's Labels and Shapes layers kept in step while the user edits them.
 
 - Deleting a box removes its object from the labels and the features.
-- Drawing a rectangle segments inside it (``core.prompts``): a new object
+- Drawing a rectangle segments inside it (``core.engine.prompts``): a new object
   with a new id, its box snapped to the object, a features row.
 - Moving or resizing a box segments that object again in the new box.
 - Painting, erasing or filling labels moves, removes or adds the boxes of the

@@ -263,7 +263,7 @@ class SegmentationWidget(Container):
         names = self._result_names(layer)  # fixed now, whatever the pickers say later
         if blocking:
             import_torch(self.task == INSTANCE)
-            from ..core.engine.predict import drain
+            from ..core.draining import drain
 
             try:
                 generator = self._make_generator(data, channel_axis, kwargs, target)

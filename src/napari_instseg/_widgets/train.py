@@ -223,7 +223,7 @@ class TrainWidget(Container):
         self._baseline = None
         self.status.value = ""
         if blocking:
-            from ..core.engine.predict import drain
+            from ..core.draining import drain
 
             try:
                 value = drain(self._work(), self._on_yield)

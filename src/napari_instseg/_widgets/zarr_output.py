@@ -37,9 +37,11 @@ class ZarrOutputControls:
             return None
         if layer.rgb or channel_axis is not None:
             raise UserError("block by block into zarr takes gray images (2D or stacks)")
-        for option, label in (("diameter", "an object diameter"), ("link", "linking")):
-            if options.get(option) is not None:
-                raise UserError(f"block by block into zarr does not take {label}")
+        from ..core.engine.options import blockwise_refusals
+
+        refused = blockwise_refusals(options)
+        if refused:
+            raise UserError(f"block by block into zarr does not take {', '.join(refused)}")
         path = Path(str(self.path.value or "")).expanduser()
         if path.suffix.lower() != ".zarr":
             raise UserError("choose a labels file ending in .zarr")

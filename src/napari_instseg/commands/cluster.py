@@ -59,15 +59,17 @@ def segment_on_cluster(client, path, image, args, report, labels_to=None, channe
     ``labels_to`` ((path, axes, scale)) writes the labels there as an
     OME-Zarr label image, region by region, instead of holding them."""
     from ..core.blockwise.blocks import segment_blockwise
+    from ..core.engine.options import blockwise_refusals
     from ..core.io.zarr_io import is_zarr
     from ..core.types import InputError
-    from .predict import engine_options
+    from .engine_flags import engine_options
 
-    given = [flag for flag, value in BLOCKWISE_REFUSES.items() if getattr(args, value) is not None]
+    given = blockwise_refusals(engine_options(args, args.channel_axis))
     if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise InputError(
             f"block-wise runs (--cluster, --scheduler) segment gray images (2D or stacks) at "
-            f"their own scale: they do not take {', '.join(given)}"
+            f"their own scale: they do not take {flags}"
         )
     if channel_axis is not None:
         raise InputError(
@@ -89,15 +91,11 @@ def segment_on_cluster(client, path, image, args, report, labels_to=None, channe
     )
 
 
-# what block-wise runs cannot do: the flag and its attribute
-BLOCKWISE_REFUSES = {"--diameter": "diameter", "--link": "link", "--channel-axis": "channel_axis"}
-
-
 def submit_files(client, files, args) -> dict:
     """One task per TIFF/PNG/JPEG file (a whole image each), submitted at once;
     zarr inputs are left to block-wise runs. {path: future}"""
     from ..core.io.zarr_io import is_zarr
-    from .predict import engine_options
+    from .engine_flags import engine_options
 
     options = engine_options(args, args.channel_axis)
     return {
@@ -112,7 +110,7 @@ def segment_file(path: str, model: str, options: dict):
     from pathlib import Path
 
     from ..core.engine.predict import segment
-    from .predict import _read_input
+    from ..core.io.inputs import read_input
 
-    image, channel_axis, _ = _read_input(Path(path), options["channel_axis"])
+    image, channel_axis, _ = read_input(Path(path), options["channel_axis"])
     return segment(image, model, **{**options, "channel_axis": channel_axis})

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.io.files import IMAGE_SUFFIXES, atomic_write
+from ..core.io.files import atomic_write
 from ..core.io.tables import object_table
 from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
+from .engine_flags import engine_options
 
-# the columns of OUTDIR/STEM_boxes.csv, cut from core.export.object_table
+# the columns of OUTDIR/STEM_boxes.csv, cut from core.io.tables.object_table
 BOXES_COLUMNS = [
     "stack_index",
     "label_id",
@@ -26,36 +27,6 @@ BOXES_COLUMNS = [
     "y_max",
     "x_max",
 ]
-
-
-def _expand_inputs(paths: list[str]) -> list[Path]:
-    from ..core.io.zarr_io import is_zarr
-
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir() and not is_zarr(path):
-            files.extend(
-                sorted(
-                    p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES or is_zarr(p)
-                )
-            )
-        else:
-            files.append(path)
-    return files
-
-
-def _read_input(path: Path, channel_axis):
-    """(image, channel axis, (axes, scale) for zarr outputs) of an input file;
-    zarr stays on disk and is read tile by tile."""
-    from ..core.io.images import read_image
-    from ..core.io.zarr_io import is_zarr, label_axes, open_zarr_image
-    if not is_zarr(path):
-        return read_image(path), channel_axis, (None, None)
-    opened = open_zarr_image(path)
-    if channel_axis is None:
-        channel_axis = opened.channel_axis
-    return opened.array, channel_axis, label_axes(opened)
 
 
 def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
@@ -145,27 +116,12 @@ def _write_table(path: Path, table: dict, digits: int = 3) -> None:
     atomic_write(path, write)
 
 
-def engine_options(args, channel_axis) -> dict:
-    """The engine's keyword options from the command line (``predict.segment``)."""
-    return {
-        "device": args.device,
-        "tile_size": args.tile_size,
-        "overlap": args.overlap,
-        "channel_axis": channel_axis,
-        "diameter": args.diameter,
-        "augment": args.augment,
-        "link": args.link,
-        "link_threshold": args.link_threshold,
-        "score_threshold": args.score_threshold,
-        "mask_threshold": args.mask_threshold,
-    }
-
-
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     from ..core.engine import predict
     from ..core.engine.diameter import describe
+    from ..core.io.inputs import expand_inputs, read_input
     from ..core.models.loading import load_model
     from ..core.types import Cancelled, InputError, ModelError
     from .cluster import cluster_client, segment_on_cluster, submit_files
@@ -186,10 +142,10 @@ def cmd_predict(args) -> int:
         raise CommandError(f"{outdir}: cannot create output folder ({err.strerror})") from None
     coco = None
     if args.coco:
-        from ..core.io.tables import CocoBuilder
+        from ..core.io.coco_json import CocoBuilder
 
         coco = CocoBuilder()
-    files = _expand_inputs(args.inputs)
+    files = expand_inputs(args.inputs)
     if not files:
         raise CommandError("no input images (TIFF, PNG or JPEG files or folders of them)")
     files, failures = _unique_stems(files)
@@ -209,7 +165,7 @@ def cmd_predict(args) -> int:
                     instances, semantic = file_tasks.pop(path).result()
                     zarr_axes = (None, None) if args.output_format == "zarr" else None
                 else:
-                    image, channel_axis, axes = _read_input(path, args.channel_axis)
+                    image, channel_axis, axes = read_input(path, args.channel_axis)
                     as_zarr = args.output_format == "zarr" or (
                         args.output_format is None and not isinstance(image, np.ndarray)
                     )

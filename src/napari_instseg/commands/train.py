@@ -11,7 +11,7 @@ from . import EXIT_OK, CommandError
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from ..core.engine.predict import drain
+    from ..core.draining import drain
     from ..core.models.info import ModelInfo
     from ..core.models.loading import load_model
     from ..core.training import finetune

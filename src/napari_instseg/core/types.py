@@ -44,7 +44,7 @@ class InstanceResult:
     aligned with ``label_ids``. ``boxes`` are ``(y_min, x_min, y_max, x_max)``
     in pixels with the max exclusive; for stacks ``stack_index`` gives the
     index of the slice (one row of ``np.unravel_index`` over the stack shape)
-    that holds each instance. Linked stacks (``core.linking``) keep one id
+    that holds each instance. Linked stacks (``core.labels.linking``) keep one id
     per 3D object or track, so a label id then has one row per slice it is in.
     """
 
@@ -55,7 +55,7 @@ class InstanceResult:
     class_ids: np.ndarray
     class_names: list[str]
     stack_index: np.ndarray | None = None
-    # for results linked along time (core.linking): napari's track_id, t, y, x
+    # for results linked along time (core.labels.linking): napari's track_id, t, y, x
     tracks: np.ndarray | None = None
     # how the result was made: e.g. the diameter and rescale factor used
     metadata: dict = field(default_factory=dict)

@@ -7,7 +7,7 @@ whose centre lies in its core, whole, halo included: with a halo wider than
 the largest object, each object is kept by exactly the one block that sees
 it whole (the engine's own rule for tiles, one level up). Blocks return their
 objects as small crops, painted into one label image by
-``core.block_painting`` (highest score first, onto background only, region
+``core.blockwise.painting`` (highest score first, onto background only, region
 by region, so the label image can be a zarr array on disk). Ids are global.
 
 So that blocks predict as the whole image would, every block is normalised
@@ -161,8 +161,7 @@ def iter_segment_blockwise(
     channel_axis, link), which block-wise runs do not take."""
     from ..engine import options as engine_options
 
-    refused = [k for k in ("diameter", "channel_axis", "link") if options.get(k) is not None]
-    refused += ["rescale"] if options.get("rescale", 1.0) != 1.0 else []
+    refused = engine_options.blockwise_refusals(options)
     if refused:
         raise InputError(f"block-wise segmentation does not take {', '.join(refused)}")
     if labels_to is not None:  # before hours of work, not after
@@ -222,9 +221,7 @@ def iter_segment_blockwise(
         from ..io.zarr_io import open_label_image
 
         labels = open_label_image(labels_to)
-    class_names = list(loaded.info.class_names)
-    if loaded.info.task == "semantic":
-        class_names = ["background", loaded.info.postprocess.get("instance_class", "nucleus")]
+    class_names = loaded.info.result_class_names
     objects = [o for index in slices for o in kept[index]]
     return InstanceResult(
         labels=labels,

@@ -5,7 +5,7 @@ Only one band of float probabilities is held (the tile rows still open);
 each finished band becomes the class map (argmax) and the instance class's
 probability (uint8, x 255). On a CPU the outputs are numpy arrays written
 through torch views; on a GPU they stay on the device for the instance
-post-processing there (``core.device_instances``), and the tiles'
+post-processing there (``core.labels.device_instances``), and the tiles'
 probabilities never travel to the host unless they are asked for.
 """
 

@@ -51,21 +51,7 @@ def check_request(diameter, rescale: float, trained: float | None, model: str):
             f"{model} does not store the object diameter it was trained at; "
             "use rescale= instead of diameter="
         )
-    return parse_diameter(diameter)
-
-
-def parse_diameter(value) -> float | str:
-    """A diameter as the engine takes it: "auto", or a number of pixels (given
-    as a number or as text, e.g. from the command line or a widget field)."""
-    if value == "auto":
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"object diameter {value!r} is not a number of pixels or 'auto'") from None
-    if not 1 <= number <= 2000:
-        raise InputError(f"object diameter {number:g} px is outside 1..2000")
-    return number
+    return options.parse_diameter(diameter)
 
 
 def rescale_for(diameter: float, trained: float) -> float:

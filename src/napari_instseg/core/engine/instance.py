@@ -22,39 +22,28 @@ from ..models.architectures import INSTANCE
 from ..models.loaded import LoadedModel
 from ..models.loading import load_model
 from ..types import InputError, InstanceResult, Progress
-from . import options
 from .diameter import SlicePlan
 from .memory import TileCounter, with_memory_fallback
+from .options import InstanceOptions, detection_thresholds, takes_options, tiling
 from .reading import NormalisedSlice, SliceReader, check_dtype, resolve_axes, stack_indices
 from .test_time_augmentation import augmented_detections
 
 
+@takes_options(InstanceOptions)
 def iter_segment_instances(
-    image,
-    model="nuclei-maskrcnn",
-    *,
-    device: str = "auto",
-    channel_axis: int | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    rescale: float = 1.0,
-    diameter: float | str | None = None,
-    augment: bool = False,
-    score_threshold: float | None = None,
-    mask_threshold: float | None = None,
-    link: str | None = None,
-    link_threshold: float | None = None,
-    intensity_range: tuple | None = None,
-    part_of: tuple | None = None,
+    image, model="nuclei-maskrcnn", *, options: InstanceOptions
 ) -> Generator[Progress, None, InstanceResult]:
-    """Generator form of ``segment_instances`` (options: ``core.options``)."""
-    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
-    _, mask_threshold = options.detection_thresholds(
-        score_threshold, mask_threshold, loaded.info.postprocess
+    """Generator form of ``segment_instances``: yields a ``Progress`` per
+    tile and returns the ``InstanceResult``, for a worker thread that shows
+    progress and cancels between tiles."""
+    loaded, settings = _prepare(image, model, options)
+    _, mask_threshold = detection_thresholds(
+        options.score_threshold, options.mask_threshold, loaded.info.postprocess
     )
-    sizing = SlicePlan(loaded, diameter, rescale)
-    channel_axis, stack_shape = resolve_axes(image, channel_axis)
-    link = check_link(link, stack_shape)
+    sizing = SlicePlan(loaded, options.diameter, options.rescale)
+    intensity_range, part_of = options.intensity_range, options.part_of
+    channel_axis, stack_shape = resolve_axes(image, options.channel_axis)
+    link = check_link(options.link, stack_shape)
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
     results, spatial = [], None
@@ -75,43 +64,41 @@ def iter_segment_instances(
     result = stack_instances(results, stack_shape, spatial, list(loaded.info.class_names))
     result.metadata.update(sizing.report(stack_shape))
     if link:
-        result = link_stack(result, link, threshold=link_threshold, copy=False)
+        result = link_stack(result, link, threshold=options.link_threshold, copy=False)
     return result
 
 
-def detect_instances(
-    image,
-    model="nuclei-maskrcnn",
-    *,
-    device: str = "auto",
-    channel_axis: int | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    score_threshold: float | None = None,
-    augment: bool = False,
-) -> Detections:
+@takes_options(InstanceOptions)
+def detect_instances(image, model="nuclei-maskrcnn", *, options: InstanceOptions) -> Detections:
     """Detections of one 2D image before painting, so that several mask
     thresholds can be tried on one run of the network (``Detections.paint``).
-    ``segment_instances`` is this plus painting, for any image."""
-    loaded, settings = _prepare(image, model, device, tile_size, overlap, score_threshold, augment)
-    channel_axis, stack_shape = resolve_axes(image, channel_axis)
+    ``segment_instances`` is this plus painting, for any image; the options
+    that rescale, link or paint are refused here."""
+    refused = [
+        name
+        for name in ("rescale", "diameter", "link", "mask_threshold", "intensity_range", "part_of")
+        if getattr(options, name) != InstanceOptions.__dataclass_fields__[name].default
+    ]
+    if refused:
+        raise InputError(f"detect_instances does not take {', '.join(refused)}")
+    loaded, settings = _prepare(image, model, options)
+    channel_axis, stack_shape = resolve_axes(image, options.channel_axis)
     if stack_shape:
         raise InputError(f"detect_instances takes one 2D image, not a stack {stack_shape}")
     work = NormalisedSlice(SliceReader(image, (), channel_axis), loaded.info)
     return drain(_detect_in_slice(work, loaded, *settings, TileCounter(), slices=1))
 
 
-def _prepare(image, model, device, tile_size, overlap, score_threshold, augment):
+def _prepare(image, model, options: InstanceOptions):
     """The loaded model and (tile size, overlap, score threshold, augment), checked."""
-    loaded = load_model(model, device)
+    loaded = load_model(model, options.device)
     loaded.check_task(INSTANCE)
-    score_threshold, _ = options.detection_thresholds(
-        score_threshold, None, loaded.info.postprocess
-    )
-    tile_size, overlap = options.tiling(INSTANCE, tile_size, overlap, loaded.info.tile_size)
+    post = loaded.info.postprocess
+    score_threshold, _ = detection_thresholds(options.score_threshold, None, post)
+    tile_size, overlap = tiling(INSTANCE, options.tile_size, options.overlap, loaded.info.tile_size)
     check_dtype(image)
     configure_cpu_threads()
-    return loaded, (tile_size, overlap, score_threshold, augment)
+    return loaded, (tile_size, overlap, score_threshold, options.augment)
 
 
 def _detect_in_slice(

@@ -146,17 +146,17 @@ def _mask_rcnn_object(loaded, window, local, mask_threshold):
 
 
 def _unet_object(loaded, window, local):
-    from .semantic import instance_rules
-
-    rules = instance_rules(loaded.info)
-    interior = rules["interior_class"]
+    rule = loaded.info.instance_rule()
+    interior = rule.interior_class
     divisor = getattr(loaded.predictor, "size_divisor", 16)
     height, width = window.shape[:2]
     with torch.inference_mode():
         probs = loaded.predict_tiles(to_tensor([window], loaded.device, divisor))
     probs = probs[0, :, :height, :width].float().cpu().numpy()
     seed = np.round(probs[interior] * 255).astype(np.uint8)
-    labels = instances_from_classes(probs.argmax(0), seed_probability=seed, **rules)
+    labels = instances_from_classes(
+        probs.argmax(0), rule.min_size, seed_probability=seed, **rule.keywords()
+    )
     y0, x0 = int(np.floor(local[0])), int(np.floor(local[1]))
     y1, x1 = int(np.ceil(local[2])), int(np.ceil(local[3]))
     counts = np.bincount(labels[y0:y1, x0:x1].ravel())

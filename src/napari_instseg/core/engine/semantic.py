@@ -26,13 +26,14 @@ from ..labels.postprocess import (
     stack_instances,
 )
 from ..models.architectures import SEMANTIC
+from ..models.info import InstanceRule
 from ..models.loaded import LoadedModel
 from ..models.loading import load_model
 from ..types import Progress, SemanticResult
-from . import options
 from .blending import BandBlender, blending_device
 from .diameter import SlicePlan
 from .memory import TileCounter, with_memory_fallback
+from .options import MAX_PROBABILITY_PIXELS, SemanticOptions, takes_options, tiling
 from .reading import NormalisedSlice, SliceReader, check_dtype, resolve_axes, stack_indices
 from .test_time_augmentation import augmented_probabilities
 from .tiling import Tile
@@ -40,46 +41,30 @@ from .tiling import Tile
 MIN_MEASURED_SIZE = 4  # pixels: smaller specks say nothing about object size
 
 
+@takes_options(SemanticOptions)
 def iter_segment_semantic(
-    image,
-    model="nuclei-unet",
-    *,
-    device: str = "auto",
-    channel_axis: int | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    rescale: float = 1.0,
-    diameter: float | str | None = None,
-    augment: bool = False,
-    min_size: int | None = None,
-    return_probabilities: bool | None = None,
-    link: str | None = None,
-    link_threshold: float | None = None,
-    intensity_range: tuple | None = None,
-    part_of: tuple | None = None,
+    image, model="nuclei-unet", *, options: SemanticOptions
 ) -> Generator[Progress, None, SemanticResult]:
-    """Generator form of ``segment_semantic`` (options: ``core.options``)."""
-    loaded = load_model(model, device)
+    """Generator form of ``segment_semantic``: yields a ``Progress`` per
+    tile and returns the ``SemanticResult``, for a worker thread that shows
+    progress and cancels between tiles."""
+    loaded = load_model(model, options.device)
     loaded.check_task(SEMANTIC)
     check_dtype(image)
     configure_cpu_threads()
-    channel_axis, stack_shape = resolve_axes(image, channel_axis)
-    link = check_link(link, stack_shape)
-    tile_size, overlap = options.tiling(SEMANTIC, tile_size, overlap, loaded.info.tile_size)
-    sizing = SlicePlan(loaded, diameter, rescale)
-    rules = instance_rules(loaded.info, min_size)
+    channel_axis, stack_shape = resolve_axes(image, options.channel_axis)
+    link = check_link(options.link, stack_shape)
+    tile_size, overlap = tiling(SEMANTIC, options.tile_size, options.overlap, loaded.info.tile_size)
+    sizing = SlicePlan(loaded, options.diameter, options.rescale)
     settings = _Settings(
         loaded,
         tile_size,
         overlap,
-        min_size=rules["min_size"],
-        interior=rules["interior_class"],
-        boundary=rules["boundary_class"],
-        seed_threshold=rules["seed_threshold"],
-        augment=augment,
-        return_probabilities=return_probabilities,
-        intensity_range=intensity_range,
-        part_of=part_of,
+        rule=loaded.info.instance_rule(options.min_size),
+        augment=options.augment,
+        return_probabilities=options.return_probabilities,
+        intensity_range=options.intensity_range,
+        part_of=options.part_of,
     )
     indices = list(stack_indices(stack_shape))
     counter = TileCounter()
@@ -99,20 +84,10 @@ def iter_segment_semantic(
     result = _assemble(outputs, stack_shape, spatial, loaded)
     result.instances.metadata.update(sizing.report(stack_shape))
     if link:
-        result.instances = link_stack(result.instances, link, threshold=link_threshold, copy=False)
+        result.instances = link_stack(
+            result.instances, link, threshold=options.link_threshold, copy=False
+        )
     return result
-
-
-def instance_rules(info, min_size: int | None = None) -> dict:
-    """How a U-Net's class map becomes instances: the keywords of
-    ``instances_from_classes`` from the settings stored with the model."""
-    post, names = info.postprocess, info.class_names
-    return {
-        "min_size": int(post.get("min_size", options.MIN_SIZE) if min_size is None else min_size),
-        "interior_class": names.index(post.get("instance_class", names[1])),
-        "boundary_class": names.index("boundary") if "boundary" in names else -1,
-        "seed_threshold": float(post.get("seed_threshold", options.SEED_THRESHOLD)),
-    }
 
 
 @dataclass(frozen=True)
@@ -120,10 +95,7 @@ class _Settings:
     loaded: LoadedModel
     tile_size: int
     overlap: int
-    min_size: int
-    interior: int  # class index of object interiors
-    boundary: int  # class index of boundaries (-1: none)
-    seed_threshold: float
+    rule: InstanceRule
     augment: bool
     return_probabilities: bool | None
     intensity_range: tuple | None = None
@@ -161,22 +133,20 @@ def _segment_slice(
     height, width = reader.shape
     keep = settings.return_probabilities
     if keep is None:
-        keep = height * width * slices <= options.MAX_PROBABILITY_PIXELS
+        keep = height * width * slices <= MAX_PROBABILITY_PIXELS
     keep = keep and scale == 1.0  # probabilities at a rescaled size would not fit the image
 
     def run_slice(model, tile, overlap):
-        return _class_maps(work, model, tile, overlap, keep, settings.interior, settings.augment)
+        return _class_maps(
+            work, model, tile, overlap, keep, settings.rule.interior_class, settings.augment
+        )
 
     steps = with_memory_fallback(run_slice, loaded, tile_size, overlap, work.tile_grid)
     blended = yield from counter.run(steps, "predicting tiles")
-    rules = dict(
-        interior_class=settings.interior,
-        boundary_class=settings.boundary,
-        seed_threshold=settings.seed_threshold,
-    )
+    rules = settings.rule.keywords()
     if device_instances.fits_on(blended.device, height * width) and scale == 1.0:
         try:
-            return _instances_on_device(blended, settings.min_size, rules, measure)
+            return _instances_on_device(blended, settings.rule.min_size, rules, measure)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # the CPU takes over below
     classes = blended.classes.cpu().numpy()
@@ -189,7 +159,7 @@ def _segment_slice(
         )
         return labels if scale == 1.0 else relabel_sequential(resize_labels(labels, reader.shape))
 
-    labels = instances(settings.min_size)
+    labels = instances(settings.rule.min_size)
     # a first pass measures objects the minimum size would drop: those too
     # small are what diameter="auto" must find to enlarge them
     measured = instances(MIN_MEASURED_SIZE) if measure else labels
@@ -271,8 +241,7 @@ def _class_maps(
 def _assemble(outputs: list[_SliceOutput], stack_shape, spatial, loaded) -> SemanticResult:
     """One SemanticResult from the slices' class maps and labels; an
     instance's score is its mean interior probability."""
-    instance_class = loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
-    class_names = ["background", instance_class]
+    class_names = loaded.info.result_class_names
     results = []
     for output in outputs:
         scores = output.scores

@@ -8,7 +8,7 @@ model's percentile normalisation as ``scale_range``; the output is the class
 probabilities (softmax) per pixel. A test image from the nuclei sample with
 its expected output, a cover, the model card and the citations travel with it.
 ``config.napari_instseg`` keeps our metadata, so that importing our own
-package restores the model exactly (``core.bioimageio_import``).
+package restores the model exactly (``core.models.bioimageio_import``).
 
 Mask R-CNN models are refused: see ``MASK_RCNN_REASON``.
 """

@@ -7,7 +7,31 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..types import ModelError
-from .architectures import ARCHITECTURES, architecture
+from .architectures import ARCHITECTURES, SEMANTIC, architecture
+
+MIN_SIZE = 8  # pixels: the smallest object a class map gives, unless the model says
+SEED_THRESHOLD = 0.5  # interior probability that seeds an object, unless the model says
+
+
+@dataclass(frozen=True)
+class InstanceRule:
+    """How a U-Net's class map becomes instances (the keywords of
+    ``labels.postprocess.instances_from_classes``), from the settings stored
+    with the model."""
+
+    instance_class: str  # the name of the objects' class, e.g. "nucleus"
+    interior_class: int  # class index of object interiors
+    boundary_class: int  # class index of boundaries (-1: none)
+    seed_threshold: float
+    min_size: int
+
+    def keywords(self) -> dict:
+        """The class indices and seed threshold, as keywords."""
+        return {
+            "interior_class": self.interior_class,
+            "boundary_class": self.boundary_class,
+            "seed_threshold": self.seed_threshold,
+        }
 
 
 @dataclass
@@ -21,7 +45,7 @@ class ModelInfo:
     in_channels: int = 3
     normalization: dict = field(default_factory=lambda: {"low": 1.0, "high": 99.8})
     tile_size: int = 512
-    # typical object diameter (px) of the training images (core.diameter)
+    # typical object diameter (px) of the training images (core.engine.diameter)
     object_diameter: float | None = None
     description: str = ""
     postprocess: dict = field(default_factory=dict)
@@ -30,6 +54,27 @@ class ModelInfo:
     @property
     def task(self) -> str:
         return architecture(self.architecture).task
+
+    def instance_rule(self, min_size: int | None = None) -> InstanceRule:
+        """The rule that turns this (semantic) model's class map into
+        instances; ``min_size`` overrides the stored minimum size."""
+        post, names = self.postprocess, self.class_names
+        instance_class = post.get("instance_class", names[1])
+        return InstanceRule(
+            instance_class=instance_class,
+            interior_class=names.index(instance_class),
+            boundary_class=names.index("boundary") if "boundary" in names else -1,
+            seed_threshold=float(post.get("seed_threshold", SEED_THRESHOLD)),
+            min_size=int(post.get("min_size", MIN_SIZE) if min_size is None else min_size),
+        )
+
+    @property
+    def result_class_names(self) -> list[str]:
+        """The class names of the results this model gives: a semantic model's
+        objects are all of its instance class."""
+        if self.task == SEMANTIC:
+            return ["background", self.instance_rule().instance_class]
+        return list(self.class_names)
 
     def to_metadata(self) -> dict:
         return asdict(self)

@@ -40,7 +40,7 @@ def load_model(
     bioimage.io package (``.zip`` or folder) or a LoadedModel.
 
     ``trust_package=True`` lets a package run the architecture code it ships
-    (``core.bioimageio_import``); never needed for our own packages.
+    (``core.models.bioimageio_import``); never needed for our own packages.
     Models given by name or path come from a cache of the last few loaded,
     so callers share them: train a copy, never a model from here in place.
     """

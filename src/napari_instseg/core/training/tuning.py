@@ -28,12 +28,8 @@ def sweep_postprocess(
     (seed threshold, minimum size)."""
     from ..engine.predict import segment_semantic
 
-    interior = loaded.info.class_names.index(
-        loaded.info.postprocess.get("instance_class", loaded.info.class_names[1])
-    )
-    boundary = (
-        loaded.info.class_names.index("boundary") if "boundary" in loaded.info.class_names else -1
-    )
+    rule = loaded.info.instance_rule()
+    interior, boundary = rule.interior_class, rule.boundary_class
     was_training = loaded.module.training
     loaded.module.eval()
     totals: dict = {}
@@ -87,7 +83,7 @@ def sweep_detection_thresholds(
     score threshold drops the instances under it. Higher scores win overlaps
     when instances are painted, so dropping them afterwards gives exactly
     what predicting at that threshold would."""
-    from ..engine.predict import detect_instances
+    from ..engine.instance import detect_instances
 
     totals: dict = {}
     for sample in samples:

@@ -285,8 +285,7 @@ class LinkedResultLayers:
             return
         self._busy = True
         try:
-            self.boxes.selected_data = set(rows)
-            self.boxes.remove_selected()
+            self.boxes.remove(rows)  # not through the selection: it sets the brush's label
         finally:
             self._busy = False
         self._rows = len(self.boxes.data)

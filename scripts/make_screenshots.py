@@ -1,7 +1,7 @@
 """Screenshots of the real napari window for the README and docs/usage.md.
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py [--out docs/images]
-        [--only demo semantic evaluate train editing zarr]
+        [--only demo semantic evaluate train editing zarr series]
 
 Uses the bundled models (run after installing the weights).
 """
@@ -52,11 +52,13 @@ def main(argv=None) -> int:
         box_editing(new_viewer, app, args.out)
     if "zarr" in args.only:
         zarr_output(new_viewer, app, args.out)
+    if "series" in args.only:
+        image_series(new_viewer, app, args.out)
     print(f"screenshots in {args.out}: {', '.join(args.only)} {widget_name}")
     return 0
 
 
-SHOTS = ("demo", "semantic", "evaluate", "train", "editing", "zarr")
+SHOTS = ("demo", "semantic", "evaluate", "train", "editing", "zarr", "series")
 
 
 def demo(new_viewer, app, out):
@@ -218,6 +220,36 @@ def zarr_output(new_viewer, app, out):
     viewer.camera.zoom = viewer.camera.zoom * 1.6
     settle(app)
     viewer.screenshot(str(out / "zarr-output.png"), canvas_only=False)
+    viewer.close()
+
+
+def image_series(new_viewer, app, out):
+    """A folder of six fields segmented, the first corrected and reviewed,
+    the second on screen: the Image series widget's review loop."""
+    import numpy as np
+    import tifffile
+
+    from napari_instseg._sample_data import load_sample
+
+    image = load_sample("nuclei")
+    folder = Path(tempfile.mkdtemp()) / "my-microscope"
+    folder.mkdir()
+    for k, (y, x) in enumerate([(0, 0), (0, 340), (260, 0), (260, 340), (130, 170), (60, 200)]):
+        tifffile.imwrite(folder / f"field_{k + 1:02d}.tif", image[y : y + 260, x : x + 356])
+    viewer = new_viewer()
+    _, series = viewer.window.add_plugin_dock_widget("napari-instseg", "Image series")
+    series.model.value = "nuclei-maskrcnn"
+    series.open_folder(folder)
+    series.segment_all(blocking=True)
+    labels = series.view.layers["labels"]
+    first = int(np.unique(labels.data)[1])
+    labels.data_setitem(np.nonzero(labels.data == first), 0)  # a correction
+    series.step(1)
+    viewer.layers[-3].contrast_limits = (0, 80)
+    settle(app)
+    viewer.reset_view()
+    settle(app)
+    viewer.screenshot(str(out / "image-series.png"), canvas_only=False)
     viewer.close()
 
 

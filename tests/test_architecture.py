@@ -114,6 +114,7 @@ def test_manifest_validates():
         "Evaluate segmentation",
         "Train model",
         "Curate labels",
+        "Image series",
     }
     assert {s.key for s in manifest.contributions.sample_data} == {"nuclei", "nuclei-histology"}
 

@@ -15,7 +15,7 @@ import numpy as np
 from . import _layers
 from .core.io.coco_json import coco_document, read_coco
 from .core.io.files import atomic_write
-from .core.io.tables import MEASUREMENT_COLUMNS, measurements, slice_name
+from .core.io.tables import MEASUREMENT_COLUMNS, channel_names_of, measurements, slice_name
 from .core.labels.postprocess import boxes_from_labels
 from .core.types import InstanceResult
 
@@ -82,6 +82,10 @@ def write_measurements(path: str, layer_data: list) -> list[str]:
     names = {int(i): result.class_names[int(c)] for i, c in zip(result.label_ids, result.class_ids)}
     scores = {int(i): float(s) for i, s in zip(result.label_ids, result.scores)}
     intensity = images[0] if images else None
+    image_meta = next((m for _, m, kind in layer_data if kind == "image"), {})
+    channel_names = None
+    if intensity is not None and intensity.ndim == data.ndim + 1:
+        channel_names = channel_names_of(intensity.shape[-1], bool(image_meta.get("rgb")))
     rows = []
     for index, labels2d in _slices(data):
         plane = intensity
@@ -89,9 +93,10 @@ def write_measurements(path: str, layer_data: list) -> list[str]:
             plane = intensity[index]
         if plane is not None and plane.shape[:2] != labels2d.shape:
             plane = None
-        for row in measurements(labels2d, plane, names, scores):
+        for row in measurements(labels2d, plane, names, scores, channel_names):
             rows.append({"slice": ",".join(map(str, index)), **row} if index else row)
     columns = (["slice"] if any("slice" in r for r in rows) else []) + MEASUREMENT_COLUMNS
+    columns += [c for c in (rows[0] if rows else {}) if c not in columns]  # per channel
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:

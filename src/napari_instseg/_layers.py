@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.io.tables import object_table
+from .core.io.tables import channel_names_of, object_table
 from .core.labels.linking import linked_object_table
 from .core.models.architectures import SEMANTIC
 from .core.types import InstanceResult, SemanticResult
@@ -50,16 +50,20 @@ def geometry_from(
     return geometry
 
 
-def features_table(result: InstanceResult, intensity: np.ndarray | None = None, scale=None) -> dict:
-    """Per-instance columns (from ``export.object_table``); ``index`` maps
+def features_table(
+    result: InstanceResult, intensity: np.ndarray | None = None, scale=None, channel_names=None
+) -> dict:
+    """Per-instance columns (from ``io.tables.object_table``, with the mean,
+    median and sum intensity per channel of ``intensity``); ``index`` maps
     label ids to rows in napari. A linked stack has one row per 3D object or
     track, with its slice range, volume (also in ``scale``'s units) and centroid."""
     if "link" in result.metadata:
         objects = linked_object_table(result, scale, intensity)
         columns = [c for c in objects if c != "label_id"]
     else:
-        objects = object_table(result, intensity)
+        objects = object_table(result, intensity, channel_names)
         columns = ["class_name", "score", "area", "mean_intensity"]
+        columns += [c for c in objects if "_intensity" in c and c not in columns]
     table = {"index": objects["label_id"], "label": objects["label_id"]}
     for column in columns:
         if column in objects:
@@ -67,12 +71,15 @@ def features_table(result: InstanceResult, intensity: np.ndarray | None = None, 
     return table
 
 
-def labels_layer(result: InstanceResult, name: str, geometry: dict, intensity=None, model=""):
+def labels_layer(
+    result: InstanceResult, name: str, geometry: dict, intensity=None, model="", channel_names=None
+):
+    features = features_table(result, intensity, geometry.get("scale"), channel_names)
     return (
         result.labels,
         {
             "name": name,
-            "features": features_table(result, intensity, geometry.get("scale")),
+            "features": features,
             "metadata": {TAG: {"kind": "instances", "model": model, "sizing": result.metadata}},
             **geometry,
         },
@@ -139,12 +146,16 @@ def result_layers(task: str, source, result, offset, channel_axis, names: dict) 
     model = names["model"]
     geometry = geometry_from(source, stack_offset=offset, channel_axis=channel_axis)
     data = source.data if not source.multiscale else source.data[0]
-    intensity = None
-    if not offset and data.size <= 64e6 and (channel_axis is None or source.rgb):
+    intensity, channel_names = None, None
+    if not offset and data.size <= 64e6:
         intensity = np.asarray(data)
+        if channel_axis is not None and not source.rgb:  # channels last, as RGB's are
+            intensity = np.moveaxis(intensity, channel_axis, -1)
+        if channel_axis is not None or source.rgb:
+            channel_names = channel_names_of(intensity.shape[-1], source.rgb)
     instances = result.instances if task == SEMANTIC else result
     tuples = [
-        labels_layer(instances, names["instances"], geometry, intensity, model),
+        labels_layer(instances, names["instances"], geometry, intensity, model, channel_names),
         boxes_layer(instances, names["boxes"], geometry, model, names["show_text"]),
     ]
     if task == SEMANTIC:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -11,22 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..core.io.files import atomic_write
-from ..core.io.tables import object_table
+from ..core.io.tables import BOXES_COLUMNS, object_table, write_table
 from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
 from .engine_flags import engine_options
-
-# the columns of OUTDIR/STEM_boxes.csv, cut from core.io.tables.object_table
-BOXES_COLUMNS = [
-    "stack_index",
-    "label_id",
-    "class_id",
-    "class_name",
-    "score",
-    "y_min",
-    "x_min",
-    "y_max",
-    "x_max",
-]
 
 
 def _unique_stems(files: list[Path]) -> tuple[list[Path], int]:
@@ -78,7 +64,7 @@ def _write_predictions(
     table = object_table(instances)
     boxes = {c: table[c] for c in BOXES_COLUMNS if c in table}
     # written last: its presence says this input's outputs are complete (--skip-existing)
-    _write_table(outdir / f"{stem}_boxes.csv", boxes, digits=4)
+    write_table(outdir / f"{stem}_boxes.csv", boxes, digits=4)
 
 
 def _write_linked(stem: str, outdir: Path, instances) -> None:
@@ -87,7 +73,7 @@ def _write_linked(stem: str, outdir: Path, instances) -> None:
     from ..core.labels.linking import linked_object_table
 
     table = linked_object_table(instances)
-    _write_table(outdir / f"{stem}_objects.csv", table)
+    write_table(outdir / f"{stem}_objects.csv", table)
     if instances.tracks is not None:
         tracks = instances.tracks
         columns = {
@@ -96,24 +82,7 @@ def _write_linked(stem: str, outdir: Path, instances) -> None:
             "y": tracks[:, 2],
             "x": tracks[:, 3],
         }
-        _write_table(outdir / f"{stem}_tracks.csv", columns)
-
-
-def _write_table(path: Path, table: dict, digits: int = 3) -> None:
-    """A CSV of equal-length columns, floats with ``digits`` decimals."""
-    columns = list(table)
-
-    def cell(value):
-        return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else value
-
-    def write(target: Path) -> None:
-        with target.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for row in range(len(table[columns[0]])):
-                writer.writerow(cell(table[c][row]) for c in columns)
-
-    atomic_write(path, write)
+        write_table(outdir / f"{stem}_tracks.csv", columns)
 
 
 def cmd_predict(args) -> int:

@@ -14,6 +14,7 @@ def cmd_train(args) -> int:
     from ..core.draining import drain
     from ..core.models.info import ModelInfo
     from ..core.models.loading import load_model
+    from ..core.series.folder import reviewed_stems
     from ..core.training import finetune
     from ..core.types import Cancelled, InputError, ModelError
 
@@ -32,7 +33,16 @@ def cmd_train(args) -> int:
             model = load_model(args.model, args.device)
             info = model.info
         kwargs = dict(semantic=args.semantic, ignore_value=args.ignore_value)
-        train = finetune.load_annotated_folder(args.images, args.masks, info, **kwargs)
+        # an image series' labels folder: its reviewed images are the annotations
+        reviewed = reviewed_stems(args.masks)
+        if reviewed is not None:
+            if not reviewed:
+                raise CommandError(f"{args.masks}: no image of this series is reviewed yet")
+            print(f"image series: training on its {len(reviewed)} reviewed image(s)",
+                  file=sys.stderr)  # fmt: skip
+        train = finetune.load_annotated_folder(
+            args.images, args.masks, info, stems=reviewed, **kwargs
+        )
         val = None
         if args.val_images or args.val_masks:
             if not (args.val_images and args.val_masks):

@@ -3,17 +3,70 @@ features and the measurements CSV are cut from, and slice names of stacks."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 
 from ..labels.linking import row_measurements
 from ..types import InstanceResult
+from .files import atomic_write
 
 
-def object_table(result: InstanceResult, intensity: np.ndarray | None = None) -> dict:
+def channel_names_of(channels: int, rgb: bool = False) -> list[str]:
+    """Default names of an image's channels: red, green, blue (alpha) for
+    RGB(A), else ch0, ch1, ..."""
+    if rgb and channels in (3, 4):
+        return ["red", "green", "blue", "alpha"][:channels]
+    return [f"ch{k}" for k in range(channels)]
+
+
+def intensity_columns(
+    labels: np.ndarray,
+    label_ids: np.ndarray,
+    intensity: np.ndarray,
+    channel_names: list[str] | None = None,
+) -> dict:
+    """Mean, median and sum intensity of each object in each channel.
+
+    ``intensity`` has the labels' shape (one channel: columns
+    ``mean_intensity``, ``median_intensity``, ``sum_intensity``) or one more
+    trailing axis of channels (``mean_intensity_NAME`` ... per channel, NAME
+    from ``channel_names``, by default ``channel_names_of``)."""
+    from scipy import ndimage
+
+    intensity = np.asarray(intensity)
+    single = intensity.ndim == labels.ndim
+    planes = intensity[..., None] if single else intensity
+    count = planes.shape[-1]
+    names = list(channel_names or channel_names_of(count))
+    if len(names) != count:
+        raise ValueError(f"{count} channels but {len(names)} channel names")
+    ids = np.asarray(label_ids, np.int64)
+    columns = {}
+    for k in range(count):
+        plane = planes[..., k].astype(np.float64, copy=False)
+        suffix = "" if single else f"_{names[k]}"
+        for statistic, measure in (
+            ("mean", ndimage.mean),
+            ("median", ndimage.median),
+            ("sum", ndimage.sum),
+        ):
+            values = measure(plane, labels, ids) if len(ids) else []
+            columns[f"{statistic}_intensity{suffix}"] = np.asarray(values, np.float64)
+    return columns
+
+
+def object_table(
+    result: InstanceResult,
+    intensity: np.ndarray | None = None,
+    channel_names: list[str] | None = None,
+) -> dict:
     """One row per object, in columns: the table the CLI's ``_boxes.csv`` and
-    the napari features are cut from. ``stack_index`` leads for stacks;
-    ``mean_intensity`` (of the gray or channel-averaged image) when
-    ``intensity`` has the labels' shape."""
+    the napari features are cut from. ``stack_index`` leads for stacks. When
+    ``intensity`` has the labels' shape (with or without a trailing channel
+    axis): ``mean_intensity`` of the gray or channel-averaged image, and the
+    mean, median and sum in each channel (``intensity_columns``)."""
     from scipy import ndimage
 
     ids = result.label_ids.astype(np.int64)
@@ -42,7 +95,49 @@ def object_table(result: InstanceResult, intensity: np.ndarray | None = None) ->
         table["mean_intensity"] = (
             np.asarray(ndimage.mean(gray, result.labels, ids)) if len(ids) else np.zeros(0)
         )
+        if intensity.ndim <= result.labels.ndim + 1:
+            per_channel = intensity_columns(result.labels, ids, intensity, channel_names)
+            per_channel.pop("mean_intensity", None)  # the same as above for one channel
+            table.update(per_channel)
     return table
+
+
+# the columns of the CLI's OUTDIR/STEM_boxes.csv (and of an image series'
+# labels/STEM_boxes.csv), cut from object_table
+BOXES_COLUMNS = [
+    "stack_index",
+    "label_id",
+    "class_id",
+    "class_name",
+    "score",
+    "y_min",
+    "x_min",
+    "y_max",
+    "x_max",
+]
+
+
+def write_table(path: Path, table: dict, digits: int = 3) -> None:
+    """A CSV of equal-length columns, floats with ``digits`` decimals, written atomically."""
+    columns = list(table)
+
+    def cell(value):
+        return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else value
+
+    def write(target: Path) -> None:
+        with target.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            for row in range(len(table[columns[0]]) if columns else 0):
+                writer.writerow(cell(table[c][row]) for c in columns)
+
+    atomic_write(path, write)
+
+
+def read_table(path: Path) -> list[dict]:
+    """The rows of a CSV written by ``write_table``, as dicts of strings."""
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def slice_name(name: str, index: tuple[int, ...]) -> str:
@@ -73,14 +168,28 @@ def measurements(
     intensity: np.ndarray | None = None,
     class_names: dict[int, str] | None = None,
     scores: dict[int, float] | None = None,
+    channel_names: list[str] | None = None,
 ) -> list[dict]:
-    """One row per object of a 2D label image (columns: ``MEASUREMENT_COLUMNS``)."""
+    """One row per object of a 2D label image: ``MEASUREMENT_COLUMNS`` (with
+    ``mean_intensity`` of the gray or channel-averaged image), then the mean,
+    median and sum intensity in each channel (``intensity_columns``)."""
     from skimage.measure import regionprops
 
-    if intensity is not None and intensity.ndim == 3:
-        intensity = intensity.mean(-1)
+    labels = np.asarray(labels)
+    per_channel = {}
+    if intensity is not None:
+        intensity = np.asarray(intensity)
+        present = np.unique(labels)
+        present = present[present > 0]
+        per_channel = intensity_columns(labels, present, intensity, channel_names)
+        per_channel.pop("mean_intensity", None)
+        per_channel = {
+            column: dict(zip(present.tolist(), values)) for column, values in per_channel.items()
+        }
+        if intensity.ndim == 3:
+            intensity = intensity.mean(-1)
     rows = []
-    for region in regionprops(np.asarray(labels), intensity_image=intensity):
+    for region in regionprops(labels, intensity_image=intensity):
         y0, x0, y1, x1 = region.bbox
         rows.append(
             {
@@ -98,6 +207,10 @@ def measurements(
                 "mean_intensity": round(float(region.intensity_mean), 5)
                 if intensity is not None
                 else "",
+                **{
+                    column: round(float(values[region.label]), 5)
+                    for column, values in per_channel.items()
+                },
             }
         )
     return rows

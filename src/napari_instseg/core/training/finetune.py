@@ -44,11 +44,15 @@ def load_annotated_folder(
     semantic: bool = False,
     ignore_value: int | None = None,
     annotated_region_only: bool = False,
+    stems: set[str] | None = None,
 ) -> list[AnnotatedImage]:
-    """Image/mask pairs matched by file stem. For multi-class instance models,
-    ``STEM_classes.csv`` beside a mask gives ``label_id,class_name`` rows."""
+    """Image/mask pairs matched by file stem (only ``stems`` when given). For
+    multi-class instance models, ``STEM_classes.csv`` beside a mask gives
+    ``label_id,class_name`` rows."""
     samples = []
     for stem, image_path, mask_path in paired_files(images_dir, masks_dir):
+        if stems is not None and stem not in stems:
+            continue
         classes_csv = mask_path.with_name(f"{stem}_classes.csv")
         instance_classes = None
         if classes_csv.exists() and not semantic:

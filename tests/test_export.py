@@ -151,3 +151,34 @@ def test_napari_save_keeps_ids_and_dtype_beyond_65535(make_napari_viewer, tmp_pa
     saved = tifffile.imread(path)
     assert saved.dtype == np.uint32
     np.testing.assert_array_equal(saved, data)
+
+
+def test_per_channel_measurements_equal_numpy_on_a_multichannel_image():
+    from napari_instseg.core.io.tables import measurements, object_table
+    from napari_instseg.core.labels.postprocess import instance_result_from_labels
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((40, 50), np.int32)
+    labels[2:12, 3:20] = 1
+    labels[20:35, 10:18] = 2
+    labels[15:30, 30:48] = 4  # an id gap: 3 is not used
+    image = rng.integers(0, 4000, (40, 50, 3)).astype(np.uint16)
+    names = ["dapi", "gfp", "mcherry"]
+    rows = {row["label_id"]: row for row in measurements(labels, image, channel_names=names)}
+    result = instance_result_from_labels(labels, ["background", "nucleus"])
+    table = object_table(result, image, names)
+    for label_id in (1, 2, 4):
+        inside = labels == label_id
+        row = next(k for k, i in enumerate(table["label_id"]) if i == label_id)
+        for c, name in enumerate(names):
+            values = image[..., c][inside].astype(np.float64)
+            for statistic, expected in (
+                ("mean", values.mean()), ("median", np.median(values)), ("sum", values.sum())
+            ):  # fmt: skip
+                column = f"{statistic}_intensity_{name}"
+                assert rows[label_id][column] == pytest.approx(expected, rel=1e-6)
+                assert table[column][row] == pytest.approx(expected, rel=1e-9)
+        assert rows[label_id]["mean_intensity"] == pytest.approx(image[inside].mean(), rel=1e-6)
+    gray = measurements(labels, image[..., 1])
+    assert gray[0]["sum_intensity"] == pytest.approx(image[..., 1][labels == 1].sum())
+    assert "mean_intensity_gfp" not in gray[0]

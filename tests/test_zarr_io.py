@@ -122,3 +122,47 @@ def test_skip_existing_resumes_a_batch_and_a_bad_file_does_not_stop_it(tmp_path,
     assert "a.tif: done before (skipped)" in capsys.readouterr().err
     assert (out / "a_labels.tif").stat().st_mtime_ns == before
     assert (out / "b_boxes.csv").exists()
+
+
+def test_a_declared_huge_zarr_gets_a_plan_or_a_refusal_before_any_work(
+    tmp_path, tiny_unet_path, capsys, monkeypatch
+):
+    """A store that declares 10^6 x 10^6 pixels (no chunk written): one line
+    of plan and a refusal naming the fix, in well under 5 s, no pixel read."""
+    import time
+
+    from napari_instseg.core.engine import predict
+
+    huge = zarr.open_array(
+        str(tmp_path / "slide.zarr"), mode="w", shape=(10**6, 10**6), chunks=(1024, 1024),
+        dtype="uint16", zarr_format=2,
+    )  # fmt: skip
+    del huge
+    touched = []
+    monkeypatch.setattr(predict, "segment", lambda *a, **k: touched.append(1))
+    start = time.perf_counter()
+    code = main(["predict", str(tmp_path / "slide.zarr"), "--model", str(tiny_unet_path),
+                 "-o", str(tmp_path / "out")])  # fmt: skip
+    seconds = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code != 0 and not touched and seconds < 5
+    plan = next(line for line in err.splitlines() if "slide.zarr: 1.0 Tpx" in line)
+    assert "1000000 x 1000000 uint16" in plan and "labels up to 4.0 TB" in plan
+    assert "days" in plan and "slide_labels.zarr" in plan
+    assert "error:" in err and "--cluster local" in err and "free" in err
+
+
+def test_plans_say_time_size_and_where_the_labels_go():
+    from napari_instseg.core.blockwise.sizing import plan_run
+
+    plan = plan_run((8192, 8192), "uint16", "semantic", threads=2, labels_in_memory=True,
+                    destination="out/big_labels.tif")  # fmt: skip
+    assert plan.pixels == 8192**2 and plan.label_bytes == 4 * 8192**2
+    assert 60 < plan.seconds < 100  # about 1.1 s per megapixel with 2 threads
+    assert plan.refusal() is None and "out/big_labels.tif" in plan.describe()
+    rgb = plan_run((2000, 3000, 3), "uint8", "instance", threads=2)
+    assert rgb.shape == (2000, 3000) and rgb.input_bytes == 2000 * 3000 * 3
+    stack = plan_run((5, 2, 100, 100), "float32", "semantic", channel_axis=1, workers=2)
+    assert stack.shape == (5, 100, 100)
+    blockwise = plan_run((10**6, 10**6), "uint16", "semantic", labels_in_memory=False)
+    assert blockwise.refusal() is None  # written block by block: nothing held whole

@@ -25,6 +25,7 @@ from magicgui.widgets import (
 
 from ._common import UserError, device_picker, error_message, import_torch, wrapping_label
 from .series_view import SeriesView
+from .train import TrainingStep, _make_plot, _update_plot
 
 NEXT_KEY, PREVIOUS_KEY = "Alt+Right", "Alt+Left"
 COLUMNS = ["image", "state", "objects"]
@@ -74,6 +75,11 @@ class ImageSeriesWidget(Container):
                 self.progress, self.status,
             ]
         )  # fmt: skip
+        # the loss and validation score while training, as in the Train widget
+        self._figure, self._plot = _make_plot()
+        self._plot.setVisible(False)
+        self._history: dict[str, list] = {}
+        self.native.layout().addWidget(self._plot)
         self.open_button.changed.connect(lambda: self.open_folder())
         self.segment_button.changed.connect(lambda: self.segment_all())
         self.cancel_button.changed.connect(self.cancel)
@@ -265,9 +271,10 @@ class ImageSeriesWidget(Container):
         if self.series is None or self._worker is not None:
             return None
         self.save_current()
+        self._history = {"it": [], "loss": [], "val_it": [], "val": []}
         series, base_name, device = self.series, str(self.model.value), self.device.value
         minutes = self.minutes.value
-        output = Path(output) if output else _next_model_path(series)
+        output = Path(output) if output else series.next_model_path()
 
         def work():
             import_torch(detection=True)
@@ -286,17 +293,29 @@ class ImageSeriesWidget(Container):
                 device=device,
                 name=output.stem,
             )
-            yield from job.trainer.run()
+            trainer = job.trainer
+            for step in trainer.run():
+                scores = trainer.last_scores if trainer.validated_at == step.done else None
+                yield TrainingStep(step, trainer.last_loss, scores)
             saved = job.save(output)
             return remember_checkpoint(saved), len(samples), job.baseline.get("score"), \
                 job.trainer.state.best_score  # fmt: skip
 
         return self._start(work, self._on_train_step, self._on_trained, blocking)
 
-    def _on_train_step(self, step) -> None:
+    def _on_train_step(self, message) -> None:
+        step, history = message.progress, self._history
         self.progress.max = max(1, step.total if step.total < 10**6 else step.done + 1)
         self.progress.value = step.done
         self.status.value = f"Training: {step.message}"
+        history["it"].append(step.done)
+        history["loss"].append(message.loss)
+        if message.scores:
+            history["val_it"].append(step.done)
+            history["val"].append(message.scores["score"])
+        if step.done % 5 == 0 or message.scores:
+            self._plot.setVisible(True)
+            _update_plot(self._figure, self._plot, history)
 
     def _on_trained(self, value) -> None:
         name, images, before, after = value
@@ -378,12 +397,3 @@ class ImageSeriesWidget(Container):
         text = str(err) if isinstance(err, (str, UserError)) else error_message(err)
         self.status.value = f"Error: {text}"
 
-
-def _next_model_path(series) -> Path:
-    """``LABELS/models/FOLDER-1.safetensors``, numbered past those there."""
-    folder = series.labels_folder / "models"
-    stem = series.folder.name or "series"
-    k = 1
-    while (folder / f"{stem}-{k}.safetensors").exists():
-        k += 1
-    return folder / f"{stem}-{k}.safetensors"

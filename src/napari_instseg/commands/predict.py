@@ -139,6 +139,7 @@ def cmd_predict(args) -> int:
                         args.output_format is None and not isinstance(image, np.ndarray)
                     )
                     zarr_axes = axes if as_zarr else None
+                    _announce(path, image, channel_axis, loaded, args, client, outdir, zarr_axes)
                     unit = "block" if client is not None else "tile"
                     bar = tqdm(total=0, desc=path.name, unit=unit, leave=False, disable=not show)
                     with bar:
@@ -195,6 +196,34 @@ def cmd_predict(args) -> int:
             report_error(f"{target}: cannot write COCO file ({err.strerror})")
             failures += 1
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _announce(path, image, channel_axis, loaded, args, client, outdir, zarr_axes) -> None:
+    """For a large input, one line before any work: its size, the time it
+    will take here, the labels' size and where they go; an InputError
+    instead when the labels cannot be held where this run would hold them."""
+    from ..core.blockwise.sizing import LARGE_PIXELS, plan_run
+    from ..core.types import InputError
+
+    blockwise_to_zarr = client is not None and zarr_axes is not None
+    suffix = "zarr" if zarr_axes is not None else "tif"
+    workers = len(client.scheduler_info().get("workers", {})) if client is not None else 1
+    plan = plan_run(
+        image.shape,
+        image.dtype,
+        loaded.info.task,
+        channel_axis=channel_axis,
+        device=str(loaded.device),
+        workers=workers,
+        labels_in_memory=not blockwise_to_zarr,
+        destination=outdir / f"{path.stem}_labels.{suffix}",
+    )
+    if plan.pixels < LARGE_PIXELS:
+        return
+    print(f"{path}: {plan.describe()}", file=sys.stderr)
+    refusal = plan.refusal()
+    if refusal is not None:
+        raise InputError(refusal)
 
 
 def _add_to_coco(coco, file_name: str, instances) -> None:

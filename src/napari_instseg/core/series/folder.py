@@ -229,6 +229,15 @@ class ImageSeries:
             columns = {c: table[c] for c in BOXES_COLUMNS if c in table}
             write_table(self.boxes_path(image), columns, digits=4)
 
+    def next_model_path(self) -> Path:
+        """Where a model trained on this series goes:
+        ``LABELS/models/FOLDER-1.safetensors``, numbered past those there."""
+        folder, stem = self.labels_folder / "models", self.folder.name or "series"
+        k = 1
+        while (folder / f"{stem}-{k}.safetensors").exists():
+            k += 1
+        return folder / f"{stem}-{k}.safetensors"
+
     def mark_reviewed(self, index: int, reviewed: bool = True) -> None:
         """Record that the user checked an image's labels (they stay as saved)."""
         with self._lock:

@@ -529,3 +529,24 @@ def test_block_by_block_into_zarr_gives_a_labels_layer_on_disk(make_napari_viewe
     assert "slide_labels.zarr" in widget.status.value
     widget.run(blocking=True)  # the file exists now: refused, nothing overwritten
     assert "exists" in widget.status.value
+
+
+def test_a_large_image_whose_labels_cannot_fit_is_refused_before_any_work(
+    make_napari_viewer, monkeypatch
+):
+    import dask.array as da
+
+    # 100 MB free: an 8192 x 8192 image's uint32 labels (268 MB) cannot be held
+    monkeypatch.setattr("napari_instseg.core.blockwise.sizing.free_memory", lambda: 100 * 2**20)
+    viewer = make_napari_viewer()
+    slide = da.zeros((8192, 8192), dtype=np.uint16, chunks=2048)
+    viewer.add_image(slide, name="slide", contrast_limits=(0, 1), multiscale=False)
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-instseg", "Semantic segmentation (U-Net)"
+    )
+    widget.image_layer.value = viewer.layers["slide"]
+    layers = len(viewer.layers)
+    assert widget.run(blocking=True) is None
+    assert widget.status.value.startswith("Error: the labels of 67.1 Mpx need up to 268.4 MB")
+    assert "Block by block into a zarr file" in widget.status.value
+    assert len(viewer.layers) == layers

@@ -48,7 +48,7 @@ from ._common import (
 )
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
 from .result_links import link_result, unlink_layer
-from .zarr_output import ZarrOutputControls, blockwise_generator
+from .zarr_output import ZarrOutputControls, blockwise_generator, large_input_plan
 
 if TYPE_CHECKING:
     import napari
@@ -257,6 +257,7 @@ class SegmentationWidget(Container):
             layer, data, channel_axis, offset = self._request()
             kwargs = self._options()
             target = self.zarr_output.target(layer, channel_axis, kwargs)
+            plan = large_input_plan(data, channel_axis, target, self.task, self.device.value)
         except UserError as err:
             self._show_error(str(err))
             return None
@@ -296,7 +297,7 @@ class SegmentationWidget(Container):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.progress.value = 0
-        self._set_status("Running…")
+        self._set_status(f"Running… {plan}" if plan else "Running…")
         worker.start()
         return worker
 

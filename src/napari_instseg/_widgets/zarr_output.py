@@ -59,3 +59,22 @@ def blockwise_generator(data, kwargs: dict, target: Path):
 
     kwargs = dict(kwargs)
     return iter_segment_blockwise(data, kwargs.pop("model"), labels_to=target, **kwargs)
+
+
+def large_input_plan(data, channel_axis, target, task: str, device: str) -> str:
+    """A large image's plan (size, time here, labels' size and destination)
+    for the status line before any work, "" for an ordinary one; a UserError
+    when its labels cannot be held in memory (``core.blockwise.sizing``)."""
+    from ..core.blockwise.sizing import LARGE_PIXELS, plan_run
+
+    plan = plan_run(
+        data.shape, data.dtype, task, channel_axis=channel_axis,
+        device="cuda" if str(device).startswith("cuda") else "cpu",
+        labels_in_memory=target is None, destination=target or "a Labels layer",
+    )  # fmt: skip
+    if plan.pixels < LARGE_PIXELS:
+        return ""
+    refusal = plan.refusal(fix="tick 'Block by block into a zarr file'")
+    if refusal is not None:
+        raise UserError(refusal)
+    return plan.describe()

@@ -28,6 +28,9 @@ SECONDS_PER_MPX = {
 CPU_THREADS_MEASURED = 2
 LARGE_PIXELS = 64 * 1024**2  # inputs above this get their plan printed first
 MEMORY_SHARE = 0.5  # labels held in memory may take at most this share of what is free
+COMMAND_LINE_FIX = (
+    "segment it block by block into zarr with --cluster local (or --scheduler ADDRESS)"
+)
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,12 @@ class RunPlan:
             f"{held} to {self.destination}"
         )
 
-    def refusal(self) -> str | None:
-        """Why the run cannot work as asked, and what to do instead, or None."""
+    def refusal(self, fix: str = COMMAND_LINE_FIX) -> str | None:
+        """Why the run cannot work as asked, and ``fix``, what to do instead; or None."""
         if self.labels_in_memory and self.label_bytes > MEMORY_SHARE * self.memory_free:
             return (
                 f"the labels of {_pixels(self.pixels)} need up to {_bytes(self.label_bytes)} in "
-                f"memory and this machine has {_bytes(self.memory_free)} free: segment it "
-                "block by block into zarr with --cluster local (or --scheduler ADDRESS)"
+                f"memory and this machine has {_bytes(self.memory_free)} free: {fix}"
             )
         return None
 

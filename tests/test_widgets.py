@@ -300,8 +300,9 @@ def test_train_widget_fine_tunes_on_viewer_pairs_and_registers(
 
 
 def test_train_widget_cancel_saves_nothing(make_napari_viewer, qtbot, tiny_unet_path, tmp_path):
-    from napari_instseg._widgets.train import TrainingStep, TrainWidget
+    from napari_instseg._widgets.train import TrainWidget
     from napari_instseg.core.models.registry import register_checkpoint
+    from napari_instseg.core.training.loop import TrainingStep
 
     register_checkpoint(tiny_unet_path)
     viewer = make_napari_viewer()

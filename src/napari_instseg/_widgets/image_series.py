@@ -25,7 +25,7 @@ from magicgui.widgets import (
 
 from ._common import UserError, device_picker, error_message, import_torch, wrapping_label
 from .series_view import SeriesView
-from .train import TrainingStep, _make_plot, _update_plot
+from .train import _make_plot, _update_plot
 
 NEXT_KEY, PREVIOUS_KEY = "Alt+Right", "Alt+Left"
 COLUMNS = ["image", "state", "objects"]
@@ -51,6 +51,7 @@ class ImageSeriesWidget(Container):
         if "nuclei-maskrcnn" in self.model.choices:
             self.model.value = "nuclei-maskrcnn"
         self.device = device_picker(detection=True)
+        self.link = ComboBox(label="Link stacks across", choices=["none", "z", "t"], value="none")
         self.segment_button = PushButton(text="Segment all", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.table = Table(value={"data": [], "columns": COLUMNS})
@@ -69,7 +70,7 @@ class ImageSeriesWidget(Container):
         self.extend(
             [
                 self.folder, self.recursive, self.labels_folder, self.open_button, self.model,
-                self.device, self.segment_button, self.cancel_button, self.table,
+                self.device, self.link, self.segment_button, self.cancel_button, self.table,
                 self.previous_button, self.next_button, self.reviewed, self.save_button,
                 self.minutes, self.train_button, self.resegment_button, self.measure_button,
                 self.progress, self.status,
@@ -229,13 +230,14 @@ class ImageSeriesWidget(Container):
 
         model, device = self._trained if redo_segmented and self._trained else None, None
         model = model or str(self.model.value)
-        device = self.device.value
+        device, link = self.device.value, self.link.value
         series = self.series
 
         def work():
             import_torch(detection=True)
             return (yield from iter_segment_series(
-                series, model, redo_segmented=redo_segmented, device=device
+                series, model, redo_segmented=redo_segmented, device=device,
+                link=None if link == "none" else link,
             ))  # fmt: skip
 
         return self._start(work, self._on_segment_event, self._on_segmented, blocking)
@@ -278,28 +280,13 @@ class ImageSeriesWidget(Container):
 
         def work():
             import_torch(detection=True)
-            from ..core.models.loading import load_model
-            from ..core.models.user_settings import remember_checkpoint
-            from ..core.series.runs import reviewed_samples
-            from ..core.training import finetune
+            from ..core.series.runs import iter_train_on_reviewed
 
-            base = load_model(base_name, device)
-            samples = reviewed_samples(series, base.info)
-            job = finetune.prepare(
-                samples,
-                model=base,
-                max_minutes=None if epochs else minutes,
-                epochs=epochs,
+            trained = yield from iter_train_on_reviewed(
+                series, base_name, output, minutes=None if epochs else minutes, epochs=epochs,
                 device=device,
-                name=output.stem,
-            )
-            trainer = job.trainer
-            for step in trainer.run():
-                scores = trainer.last_scores if trainer.validated_at == step.done else None
-                yield TrainingStep(step, trainer.last_loss, scores)
-            saved = job.save(output)
-            return remember_checkpoint(saved), len(samples), job.baseline.get("score"), \
-                job.trainer.state.best_score  # fmt: skip
+            )  # fmt: skip
+            return trained.name, trained.images, trained.before, trained.after
 
         return self._start(work, self._on_train_step, self._on_trained, blocking)
 
@@ -394,6 +381,6 @@ class ImageSeriesWidget(Container):
         self.status.value = text
 
     def _show_error(self, err) -> None:
-        text = str(err) if isinstance(err, (str, UserError)) else error_message(err)
+        text = err if isinstance(err, (str, UserError)) else error_message(err)
         self.status.value = f"Error: {text}"
 

@@ -33,15 +33,6 @@ class Prepared:
     job: object  # finetune.FineTuneJob
 
 
-@dataclass(frozen=True)
-class TrainingStep:
-    """One training iteration: its progress, loss and, after a validation, the scores."""
-
-    progress: object  # core.types.Progress
-    loss: float | None
-    scores: dict | None
-
-
 class TrainWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
@@ -204,10 +195,7 @@ class TrainWidget(Container):
             name=output.stem,
         )
         yield Prepared(job)
-        for step in job.trainer.run():
-            trainer = job.trainer
-            validated = trainer.validated_at == step.done
-            yield TrainingStep(step, trainer.last_loss, trainer.last_scores if validated else None)
+        yield from job.trainer.steps()
         saved = job.save(output)
         name = remember_checkpoint(saved)
         after = job.trainer.state.best_score
@@ -253,7 +241,7 @@ class TrainWidget(Container):
         if self._worker is not None:
             self._worker.quit()
 
-    def _on_yield(self, message: Prepared | TrainingStep):
+    def _on_yield(self, message):  # Prepared, or core.training.loop.TrainingStep
         if isinstance(message, Prepared):
             job = message.job
             self._baseline = job.baseline.get("score")

@@ -13,18 +13,21 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..engine.diameter import training_diameter
 from ..engine.instance import iter_segment_instances
 from ..engine.options import InstanceOptions, SemanticOptions
+from ..engine.reading import resolve_axes
 from ..engine.semantic import iter_segment_semantic
 from ..io.files import atomic_write
 from ..io.tables import MEASUREMENT_COLUMNS, channel_names_of, measurements, object_table
 from ..models.architectures import SEMANTIC
 from ..models.loading import load_model
 from ..training.finetune import annotated
+from ..training.loop import TrainingStep
 from ..training.samples import AnnotatedImage
 from ..types import Cancelled, InputError, ModelError, Progress
 from .folder import NOT_SEGMENTED, REVIEWED, SEGMENTED, ImageSeries
@@ -122,7 +125,10 @@ def iter_segment_series(
         started = time.perf_counter()
         try:
             image, channel_axis = series.read_image(index, options.get("channel_axis"))
-            steps = engine(image, loaded, **{**engine_options, "channel_axis": channel_axis})
+            per_image = {**engine_options, "channel_axis": channel_axis}
+            if len(resolve_axes(image, channel_axis)[1]) != 1:
+                per_image["link"] = None  # linking is for stacks; the 2D images go as they are
+            steps = engine(image, loaded, **per_image)
             while True:
                 try:
                     step = next(steps)
@@ -215,3 +221,39 @@ def write_series_measurements(series: ImageSeries, path, channel_names=None) -> 
 
     atomic_write(path, write)
     return len(rows)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str  # registered (and remembered for later sessions)
+    path: Path
+    images: int  # reviewed images trained on
+    before: float | None  # validation score of the base model
+    after: float
+
+
+def iter_train_on_reviewed(
+    series: ImageSeries,
+    model,
+    output=None,
+    *,
+    minutes: float | None = 5.0,
+    epochs: float | None = None,
+    device: str = "auto",
+) -> Generator[TrainingStep, None, TrainedModel]:
+    """Fine-tune ``model`` on the series' reviewed images (within ``minutes``,
+    or ``epochs`` passes), save it (default: ``series.next_model_path()``) and
+    register it; yields a ``TrainingStep`` per iteration, for a live plot."""
+    from ..models.user_settings import remember_checkpoint
+    from ..training import finetune
+
+    output = Path(output) if output else series.next_model_path()
+    base = load_model(model, device)
+    samples = reviewed_samples(series, base.info)
+    job = finetune.prepare(samples, model=base, max_minutes=minutes, epochs=epochs,
+                           device=device, name=output.stem)  # fmt: skip
+    yield from job.trainer.steps()
+    trainer = job.trainer
+    saved = job.save(output)
+    return TrainedModel(remember_checkpoint(saved), saved, len(samples),
+                        job.baseline.get("score"), trainer.state.best_score)  # fmt: skip

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,15 @@ from .samples import AnnotatedImage
 from .validation import validate
 
 LOG_COLUMNS = ["iteration", "loss", "lr", "score", "ap50", "ap75", "seconds"]
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One training iteration: its progress, its loss and, after a validation, the scores."""
+
+    progress: Progress
+    loss: float | None
+    scores: dict | None
 
 
 class Trainer:
@@ -253,6 +262,13 @@ class Trainer:
                 if last:
                     break
         return self.state
+
+    def steps(self) -> Iterator[TrainingStep]:
+        """``run`` with each iteration's loss and, after a validation, its
+        scores: what a live plot shows."""
+        for step in self.run():
+            validated = self.validated_at == step.done
+            yield TrainingStep(step, self.last_loss, self.last_scores if validated else None)
 
 
 class _IterationBatches(torch.utils.data.Dataset):

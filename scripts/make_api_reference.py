@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +23,7 @@ SECTIONS = {
     "segment_semantic": "Segmentation",
     "load_model": "Models",
     "link_stack": "Labels: linking, curation, metrics",
+    "ImageSeries": "A folder under review",
     "read_image": "Files and tables",
     "InstanceResult": "Results and errors",
 }
@@ -37,19 +39,25 @@ is out of date. Each option of the segmentation functions is also in `help()`.
 def _annotation(annotation) -> str:
     """A type as a reader would write it: ``Progress``, not its module path."""
     text = inspect.formatannotation(annotation)
-    for prefix in ("collections.abc.", "napari_instseg.core.types.", "typing."):
+    text = re.sub(r"\bnapari_instseg(\.\w+)*\.(?=[A-Z])", "", text)  # our classes by name
+    for prefix in ("collections.abc.", "typing.", "pathlib."):
         text = text.replace(prefix, "")
     return text
 
 
 def _signature(name: str, obj) -> str:
-    signature = inspect.signature(obj)
+    try:  # the types themselves, not the strings `from __future__ import annotations` leaves
+        signature = inspect.signature(obj, eval_str=True)
+    except NameError:
+        signature = inspect.signature(obj)
     parameters, star_written = [], False
     for parameter in signature.parameters.values():
         if parameter.kind is parameter.KEYWORD_ONLY and not star_written:
             parameters.append("*")
             star_written = True
-        text = parameter.name
+        star_written = star_written or parameter.kind is parameter.VAR_POSITIONAL
+        prefix = {parameter.VAR_POSITIONAL: "*", parameter.VAR_KEYWORD: "**"}
+        text = prefix.get(parameter.kind, "") + parameter.name
         if parameter.annotation is not parameter.empty:
             text += f": {_annotation(parameter.annotation)}"
         if parameter.default is not parameter.empty:
@@ -81,7 +89,7 @@ def _entry(name: str, obj) -> str:
     if options_class is not None:
         doc = doc.split("\n\nOptions:\n")[0]
     lines = [f"### `{name}`", "", f"{kind} in `{obj.__module__}`", ""]
-    if kind == "function" or dataclasses.is_dataclass(obj):
+    if kind == "function" or dataclasses.is_dataclass(obj) or "__init__" in vars(obj):
         lines += ["```python", _signature(name, obj), "```", ""]
     lines += [doc, ""]
     if options_class is not None:

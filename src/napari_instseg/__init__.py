@@ -36,6 +36,12 @@ _API = {
     "relabel_consecutive": "napari_instseg.core.labels.curation",
     "match_counts": "napari_instseg.core.labels.metrics",
     "score_dataset": "napari_instseg.core.labels.metrics",
+    # a folder under review (the Image series widget's core)
+    "ImageSeries": "napari_instseg.core.series.folder",
+    "iter_segment_series": "napari_instseg.core.series.runs",
+    "iter_train_on_reviewed": "napari_instseg.core.series.runs",
+    "write_series_measurements": "napari_instseg.core.series.runs",
+    "drain": "napari_instseg.core.draining",
     # files and tables
     "read_image": "napari_instseg.core.io.images",
     "object_table": "napari_instseg.core.io.tables",

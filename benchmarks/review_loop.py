@@ -15,8 +15,9 @@ The first ``--pool`` images are the user's folder, the next ``--test`` images
 the test share (never corrected, trained or tuned on). Each round goes
 through the Image series core as the widget does: the next images of the
 folder are "corrected" (their ground truth saved as reviewed labels), the
-model is fine-tuned from the bundled one on all reviewed images within the
-time budget, and the images not reviewed are segmented again. Printed per
+model is fine-tuned on all reviewed images within the time budget (from the
+bundled one, or with ``--continue-training`` from the previous round's, as the
+widget does), and the images not reviewed are segmented again. Printed per
 round: AP50/AP75 on the test share, and the objects the user had to fix per
 corrected image (missed, spurious or wrongly outlined objects at IoU 0.5,
 counted on the segmentation they were shown).
@@ -132,8 +133,9 @@ def run(model_name: str, domain: str, args) -> list[dict]:
         reviewed = k
         start = time.perf_counter()
         samples = reviewed_samples(series, base.info)
+        start_from = model if args.continue_training else base
         job = finetune.prepare(
-            samples, model=base, max_minutes=args.minutes, device="cpu",
+            samples, model=start_from, max_minutes=args.minutes, device="cpu",
             name=f"{model_name}-{domain}-{k}", seed=0,
         )  # fmt: skip
         drain(job.trainer.run())
@@ -163,10 +165,18 @@ def main(argv=None) -> int:
     parser.add_argument("--pool", type=int, default=12)
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--continue-training",
+        action="store_true",
+        help="start each round from the previous round's model (as the widget does: "
+        "training chooses the new model), not from the bundled one",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_description()}; commit {git_commit()}")
-    print(f"pool {args.pool} images, test {args.test}, fine-tune {args.minutes} min per round")
+    start = "the previous round's model" if args.continue_training else "the bundled model"
+    print(f"pool {args.pool} images, test {args.test}, fine-tune {args.minutes} min per round "
+          f"from {start}")  # fmt: skip
     for domain in args.domain:
         for model_name in args.model:
             rows = run(model_name, domain, args)

@@ -47,7 +47,7 @@ class ImageSeriesWidget(Container):
         self.recursive = CheckBox(text="Include sub-folders", value=False)
         self.labels_folder = FileEdit(label="Labels folder (empty: FOLDER/labels)", mode="d")
         self.open_button = PushButton(text="Open folder")
-        self.model = ComboBox(label="Model", choices=list(registry.list_models()))
+        self.model = ComboBox(label="Model", choices=_model_choices)
         if "nuclei-maskrcnn" in self.model.choices:
             self.model.value = "nuclei-maskrcnn"
         self.device = device_picker(detection=True)
@@ -163,6 +163,8 @@ class ImageSeriesWidget(Container):
         self.view.show(self.series, index, image, channel_axis, model, device, self._set_status)
         self.table.native.selectRow(index)
         self.reviewed.value = self.series.record(index).state == "reviewed"
+        if self._worker is None:  # a running worker reports its own progress
+            self.status.value = f"{self.series.images[index].key}. {self.series.summary()}."
         self.reviewed.enabled = self.save_button.enabled = True
         self.previous_button.enabled = index > 0
         self.next_button.enabled = index < len(self.series) - 1
@@ -318,10 +320,8 @@ class ImageSeriesWidget(Container):
         )
 
     def _on_registry_change(self) -> None:
-        from ..core.models import registry
-
         current = self.model.value
-        self.model.choices = list(registry.list_models())
+        self.model.reset_choices()
         if current in self.model.choices:
             self.model.value = current
 
@@ -384,3 +384,13 @@ class ImageSeriesWidget(Container):
         text = err if isinstance(err, (str, UserError)) else error_message(err)
         self.status.value = f"Error: {text}"
 
+
+def _model_choices(_widget=None) -> list:
+    """Models of both tasks; those without weights say so (as in the segmentation widgets)."""
+    from ..core.models import registry
+
+    return [
+        (name if available else f"{name} (weights not installed)", name)
+        for task in ("instance", "semantic")
+        for name, available in registry.models_for_task(task)
+    ]

@@ -51,7 +51,24 @@ def instances_from_classes(
         small = small_ids(seeds, min_size)
         if small.any():
             seeds[small[seeds]] = 0
-    return relabel_sequential(seeds)
+    return _relabelled_in_place(seeds)
+
+
+def _relabelled_in_place(labels: np.ndarray, band_pixels: int = 2**22) -> np.ndarray:
+    """``relabel_sequential`` of int32 ``labels``, written into ``labels``
+    itself band by band (no second full-size image: 268 MB at 8192 x 8192)."""
+    if labels.dtype != np.int32 or labels.ndim != 2:
+        return relabel_sequential(labels)
+    counts = np.bincount(labels.ravel())
+    present = np.flatnonzero(counts)
+    present = present[present > 0]
+    lut = np.zeros(len(counts), dtype=np.int32)
+    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    rows = max(1, band_pixels // max(1, labels.shape[1]))
+    for start in range(0, labels.shape[0], rows):
+        band = labels[start : start + rows]
+        np.take(lut, band, out=band)
+    return labels
 
 
 def small_ids(labels: np.ndarray, min_size: int) -> np.ndarray:

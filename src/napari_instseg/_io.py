@@ -6,7 +6,6 @@ and tests call them directly.
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -15,7 +14,12 @@ import numpy as np
 from . import _layers
 from .core.io.coco_json import coco_document, read_coco
 from .core.io.files import atomic_write
-from .core.io.tables import MEASUREMENT_COLUMNS, channel_names_of, measurements, slice_name
+from .core.io.tables import (
+    channel_names_of,
+    measurements,
+    slice_name,
+    write_measurement_rows,
+)
 from .core.labels.postprocess import boxes_from_labels
 from .core.types import InstanceResult
 
@@ -95,16 +99,7 @@ def write_measurements(path: str, layer_data: list) -> list[str]:
             plane = None
         for row in measurements(labels2d, plane, names, scores, channel_names):
             rows.append({"slice": ",".join(map(str, index)), **row} if index else row)
-    columns = (["slice"] if any("slice" in r for r in rows) else []) + MEASUREMENT_COLUMNS
-    columns += [c for c in (rows[0] if rows else {}) if c not in columns]  # per channel
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+    write_measurement_rows(path, rows)
     return [path]
 
 

@@ -23,6 +23,7 @@ from magicgui.widgets import (
     Table,
 )
 
+from ..core.series.folder import NOT_SEGMENTED, REVIEWED, SEGMENTED
 from ._common import UserError, device_picker, error_message, import_torch, wrapping_label
 from .series_view import SeriesView
 from .train import _make_plot, _update_plot
@@ -108,7 +109,7 @@ class ImageSeriesWidget(Container):
     def open_folder(self, folder=None, labels_folder=None, recursive: bool | None = None):
         """Open a folder as a series (its state and labels restored) and show
         its first image not reviewed yet."""
-        from ..core.series.folder import REVIEWED, ImageSeries
+        from ..core.series.folder import ImageSeries
 
         self.save_current()
         # the typed text: an empty FileEdit's value is the working folder
@@ -162,7 +163,7 @@ class ImageSeriesWidget(Container):
         model, device = str(self.model.value), self.device.value
         self.view.show(self.series, index, image, channel_axis, model, device, self._set_status)
         self.table.native.selectRow(index)
-        self.reviewed.value = self.series.record(index).state == "reviewed"
+        self.reviewed.value = self.series.record(index).state == REVIEWED
         if self._worker is None:  # a running worker reports its own progress
             self.status.value = f"{self.series.images[index].key}. {self.series.summary()}."
         self.reviewed.enabled = self.save_button.enabled = True
@@ -178,8 +179,6 @@ class ImageSeriesWidget(Container):
         mark; True when something was written."""
         if self.series is None or self.current is None or "labels" not in self.view.layers:
             return False
-        from ..core.series.folder import NOT_SEGMENTED, REVIEWED
-
         index, record = self.current, self.series.record(self.current)
         if self.view.edited():
             labels = self.view.labels()
@@ -214,7 +213,7 @@ class ImageSeriesWidget(Container):
         record = self.series.record(index)
         key = self.series.images[index].key
         state = "unreadable" if key in self.series.unreadable else record.state
-        return [key, state, record.objects if record.state != "not segmented" else ""]
+        return [key, state, record.objects if record.state != NOT_SEGMENTED else ""]
 
     def _update_row(self, index: int) -> None:
         for column, value in enumerate(self._row(index)):
@@ -230,8 +229,8 @@ class ImageSeriesWidget(Container):
         self.save_current()
         from ..core.series.runs import iter_segment_series
 
-        model, device = self._trained if redo_segmented and self._trained else None, None
-        model = model or str(self.model.value)
+        # "Re-segment the rest with it": the model the last training made
+        model = self._trained if redo_segmented and self._trained else str(self.model.value)
         device, link = self.device.value, self.link.value
         series = self.series
 
@@ -312,7 +311,7 @@ class ImageSeriesWidget(Container):
         if name in self.model.choices:
             self.model.value = name
         before = "n/a" if before is None else f"{before:.3f}"
-        rest = len(self.series.indices("segmented", "not segmented"))
+        rest = len(self.series.indices(SEGMENTED, NOT_SEGMENTED))
         self.resegment_button.enabled = rest > 0
         self.status.value = (
             f"Trained '{name}' on {images} reviewed image(s): validation {before} → "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _layers
+from ..core.models.architectures import INSTANCE
 from .result_layers import link_boxes_and_labels, update_layer
 from .result_links import link_result, unlink_layer
 
@@ -37,7 +38,7 @@ class SeriesView:
         result = saved_result(labels, series.read_objects(index))
         names = {"model": model, "instances": f"{key} labels", "boxes": f"{key} boxes",
                  "show_text": False}  # fmt: skip
-        tuples = _layers.result_layers("instance", image_layer, result, (), channel_axis, names)
+        tuples = _layers.result_layers(INSTANCE, image_layer, result, (), channel_axis, names)
         labels_layer, boxes_layer = self._result_layers(tuples)
         if labels_layer.data.ndim == boxes_layer.ndim:
             options = {"model": model, "device": device}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.io.files import atomic_write
-from ..core.io.tables import BOXES_COLUMNS, object_table, write_table
+from ..core.io.tables import object_table, write_boxes_table, write_table
 from . import EXIT_FAILED, EXIT_OK, CommandError, report_error
 from .engine_flags import engine_options
 
@@ -61,10 +61,8 @@ def _write_predictions(
 
     if "link" in instances.metadata:
         _write_linked(stem, outdir, instances)
-    table = object_table(instances)
-    boxes = {c: table[c] for c in BOXES_COLUMNS if c in table}
     # written last: its presence says this input's outputs are complete (--skip-existing)
-    write_table(outdir / f"{stem}_boxes.csv", boxes, digits=4)
+    write_boxes_table(outdir / f"{stem}_boxes.csv", object_table(instances))
 
 
 def _write_linked(stem: str, outdir: Path, instances) -> None:
@@ -139,7 +137,7 @@ def cmd_predict(args) -> int:
                         args.output_format is None and not isinstance(image, np.ndarray)
                     )
                     zarr_axes = axes if as_zarr else None
-                    _announce(path, image, channel_axis, loaded, args, client, outdir, zarr_axes)
+                    _announce(path, image, channel_axis, loaded, client, outdir, zarr_axes)
                     unit = "block" if client is not None else "tile"
                     bar = tqdm(total=0, desc=path.name, unit=unit, leave=False, disable=not show)
                     with bar:
@@ -198,7 +196,7 @@ def cmd_predict(args) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _announce(path, image, channel_axis, loaded, args, client, outdir, zarr_axes) -> None:
+def _announce(path, image, channel_axis, loaded, client, outdir, zarr_axes) -> None:
     """For a large input, one line before any work: its size, the time it
     will take here, the labels' size and where they go; an InputError
     instead when the labels cannot be held where this run would hold them."""

@@ -205,11 +205,6 @@ class AnyModelOptions(InstanceOptions, SemanticOptions):
     the command line, block-wise runs): each engine keeps its own."""
 
 
-def option_fields(cls: type[EngineOptions] = AnyModelOptions):
-    """The fields of an options class, in the order of its signature."""
-    return fields(cls)
-
-
 def blockwise_refusals(options: dict) -> list[str]:
     """The options in ``options`` that a block-wise run cannot take (those
     that change the image's scale or axes), as given."""

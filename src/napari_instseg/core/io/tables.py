@@ -91,14 +91,15 @@ def object_table(
         x_max=boxes[:, 3],
     )
     if intensity is not None and intensity.shape[: result.labels.ndim] == result.labels.shape:
-        gray = intensity if intensity.ndim == result.labels.ndim else intensity.mean(-1)
-        table["mean_intensity"] = (
-            np.asarray(ndimage.mean(gray, result.labels, ids)) if len(ids) else np.zeros(0)
-        )
-        if intensity.ndim <= result.labels.ndim + 1:
-            per_channel = intensity_columns(result.labels, ids, intensity, channel_names)
-            per_channel.pop("mean_intensity", None)  # the same as above for one channel
-            table.update(per_channel)
+        if intensity.ndim == result.labels.ndim:  # one channel: its mean is mean_intensity
+            table.update(intensity_columns(result.labels, ids, intensity))
+        else:
+            gray = intensity.mean(-1)
+            table["mean_intensity"] = (
+                np.asarray(ndimage.mean(gray, result.labels, ids)) if len(ids) else np.zeros(0)
+            )
+            if intensity.ndim == result.labels.ndim + 1:
+                table.update(intensity_columns(result.labels, ids, intensity, channel_names))
     return table
 
 
@@ -130,6 +131,27 @@ def write_table(path: Path, table: dict, digits: int = 3) -> None:
             writer.writerow(columns)
             for row in range(len(table[columns[0]]) if columns else 0):
                 writer.writerow(cell(table[c][row]) for c in columns)
+
+    atomic_write(path, write)
+
+
+def write_boxes_table(path: Path, table: dict) -> None:
+    """The ``BOXES_COLUMNS`` of an ``object_table`` as a CSV (``STEM_boxes.csv``)."""
+    write_table(path, {c: table[c] for c in BOXES_COLUMNS if c in table}, digits=4)
+
+
+def write_measurement_rows(path: Path, rows: list[dict], leading=("slice",)) -> None:
+    """Rows of ``measurements`` as a CSV: the ``leading`` columns the rows
+    have (e.g. image, slice), ``MEASUREMENT_COLUMNS``, then the per-channel ones."""
+    columns = [c for c in leading if any(c in row for row in rows)] + MEASUREMENT_COLUMNS
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+
+    def write(target: Path) -> None:
+        with target.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
 
     atomic_write(path, write)
 

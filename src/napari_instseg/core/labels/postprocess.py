@@ -59,11 +59,7 @@ def _relabelled_in_place(labels: np.ndarray, band_pixels: int = 2**22) -> np.nda
     itself band by band (no second full-size image: 268 MB at 8192 x 8192)."""
     if labels.dtype != np.int32 or labels.ndim != 2:
         return relabel_sequential(labels)
-    counts = np.bincount(labels.ravel())
-    present = np.flatnonzero(counts)
-    present = present[present > 0]
-    lut = np.zeros(len(counts), dtype=np.int32)
-    lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
+    lut = _sequential_lut(labels)
     rows = max(1, band_pixels // max(1, labels.shape[1]))
     for start in range(0, labels.shape[0], rows):
         band = labels[start : start + rows]
@@ -82,12 +78,17 @@ def small_ids(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Renumber the ids present to 1..N (keeping 0 and the ids' order), as int32."""
+    return _sequential_lut(labels)[labels]
+
+
+def _sequential_lut(labels: np.ndarray) -> np.ndarray:
+    """id -> its number among the ids present (0 stays 0), as int32."""
     counts = np.bincount(labels.ravel())
     present = np.flatnonzero(counts)
     present = present[present > 0]
     lut = np.zeros(len(counts), dtype=np.int32)
     lut[present] = np.arange(1, len(present) + 1, dtype=np.int32)
-    return lut[labels]
+    return lut
 
 
 def boxes_from_labels(labels: np.ndarray, label_ids: np.ndarray) -> np.ndarray:

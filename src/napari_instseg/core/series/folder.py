@@ -30,7 +30,7 @@ import numpy as np
 from ..io.files import IMAGE_SUFFIXES, atomic_write
 from ..io.images import read_image
 from ..io.inputs import read_input
-from ..io.tables import BOXES_COLUMNS, read_table, write_table
+from ..io.tables import read_table, write_boxes_table
 from ..io.zarr_io import is_zarr
 from ..labels.postprocess import boxes_from_labels
 from ..types import InputError, InstanceResult
@@ -180,6 +180,15 @@ class ImageSeries:
         image, channel_axis, _ = read_input(self.images[index].path, channel_axis)
         return image, channel_axis
 
+    def read_channels_last(self, index: int) -> tuple[np.ndarray, bool]:
+        """(pixels in memory with any channel axis last, whether it came from a
+        given or stored channel axis rather than an RGB file's own last axis)."""
+        image, channel_axis = self.read_image(index)
+        image = np.asarray(image)
+        if channel_axis is not None:
+            image = np.moveaxis(image, channel_axis, -1)
+        return image, channel_axis is not None
+
     def read_labels(self, index: int) -> np.ndarray | None:
         """The saved label image, or None when the image has none."""
         path = self.labels_path(index)
@@ -226,8 +235,7 @@ class ImageSeries:
             lambda p: tifffile.imwrite(p, labels, compression="zlib"),
         )
         if table is not None:
-            columns = {c: table[c] for c in BOXES_COLUMNS if c in table}
-            write_table(self.boxes_path(image), columns, digits=4)
+            write_boxes_table(self.boxes_path(image), table)
 
     def next_model_path(self) -> Path:
         """Where a model trained on this series goes:

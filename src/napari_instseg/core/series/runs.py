@@ -22,8 +22,12 @@ from ..engine.instance import iter_segment_instances
 from ..engine.options import InstanceOptions, SemanticOptions
 from ..engine.reading import resolve_axes
 from ..engine.semantic import iter_segment_semantic
-from ..io.files import atomic_write
-from ..io.tables import MEASUREMENT_COLUMNS, channel_names_of, measurements, object_table
+from ..io.tables import (
+    channel_names_of,
+    measurements,
+    object_table,
+    write_measurement_rows,
+)
 from ..models.architectures import SEMANTIC
 from ..models.loading import load_model
 from ..training.finetune import annotated
@@ -161,10 +165,7 @@ def reviewed_samples(
     samples = []
     for index in series.indices(REVIEWED):
         labels = series.read_labels(index)
-        image, channel_axis = series.read_image(index)
-        image = np.asarray(image)
-        if channel_axis is not None and channel_axis != image.ndim - 1:
-            image = np.moveaxis(image, channel_axis, -1)
+        image, _ = series.read_channels_last(index)
         stem = series.images[index].stem
         stack = labels.shape[:-2]
         for plane in np.ndindex(*stack) if stack else [()]:
@@ -187,17 +188,12 @@ def write_series_measurements(series: ImageSeries, path, channel_names=None) -> 
     then each object's measurements (``io.tables.measurements``: shape, and
     mean, median and sum intensity per channel) for every image with labels.
     Returns the number of objects written."""
-    import csv
-
     rows = []
     for index in series.indices(SEGMENTED, REVIEWED):
         labels = series.read_labels(index)
-        image, channel_axis = series.read_image(index)
-        image = np.asarray(image)
-        if channel_axis is not None:
-            image = np.moveaxis(image, channel_axis, -1)
+        image, channel_axis_given = series.read_channels_last(index)
         has_channels = image.ndim == labels.ndim + 1
-        rgb = has_channels and channel_axis is None  # a trailing axis of 3 or 4
+        rgb = has_channels and not channel_axis_given  # a trailing axis of 3 or 4
         names = channel_names or (channel_names_of(image.shape[-1], rgb) if has_channels else None)
         objects = series.read_objects(index)
         classes = {i: name for i, (name, _) in objects.items()}
@@ -208,18 +204,7 @@ def write_series_measurements(series: ImageSeries, path, channel_names=None) -> 
                 lead["slice"] = ",".join(map(str, plane))
             for row in measurements(labels[plane], image[plane], classes, scores, names):
                 rows.append({**lead, **row})
-    columns = ["image", *(["slice"] if any("slice" in r for r in rows) else [])]
-    columns += MEASUREMENT_COLUMNS
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-
-    def write(target) -> None:
-        with target.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+    write_measurement_rows(path, rows, leading=("image", "slice"))
     return len(rows)
 
 

@@ -1,15 +1,19 @@
 """Block-wise segmentation on a local dask cluster: speed-up, agreement, a killed worker.
 
     python benchmarks/blockwise.py [--size 8192] [--model nuclei-unet] [--workers 1 2]
-                                   [--kill] [--single] [--store /tmp/mosaic.zarr]
-                                   [--labels-to /tmp/labels.zarr]
+                                   [--threads-per-worker 1] [--block N] [--kill] [--single]
+                                   [--store /tmp/mosaic.zarr] [--labels-to /tmp/labels.zarr]
 
 Builds a SIZE x SIZE uint16 zarr mosaic of real nuclei (the gray val screens
 of ../shared/data, tiled and mirrored; never test images), then segments it
 with ``predict --cluster local:N`` semantics (``core.blockwise`` on a
 LocalCluster of N single-threaded workers) and reports wall time, Mpx/s and
-each worker's peak memory. ``--single`` also runs the single-process tiled
-engine and matches objects one to one (IoU > 0.5) both ways; ``--kill``
+each worker's peak memory. ``--single`` first runs the single-process tiled
+engine (2 threads), matches every cluster run's objects to it one to one
+(IoU > 0.5) both ways and prints each run's per-core efficiency: the single
+process's core-seconds over the cluster's (workers x threads x seconds; 1.0
+means a core does as much work in the cluster as in one process). The block
+side is the one ``predict --cluster`` chooses unless ``--block`` gives one. ``--kill``
 repeats the largest cluster run with one worker SIGKILLed mid-run.
 ``--labels-to`` writes the labels into an OME-Zarr label image region by
 region (as ``predict --output-format zarr`` does) instead of holding them,
@@ -65,15 +69,17 @@ def one_to_one(a, b) -> tuple[float, float]:
     return float((iou.max(1) > 0.5).mean()), float((iou.max(0) > 0.5).mean())
 
 
-def run_cluster(store, workers: int, model: str, block: int, kill: bool = False, labels_to=None):
+def run_cluster(
+    store, workers: int, model: str, block, kill: bool = False, labels_to=None, threads: int = 1
+):
     import psutil
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from napari_instseg.core.blockwise.blocks import segment_blockwise
+    from napari_instseg.core.blockwise.local_cluster import start_local_cluster
 
-    with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-        memory_limit="4GiB",
+    with start_local_cluster(
+        workers, threads, dashboard_address=None, memory_limit="4GiB"
     ) as cluster, Client(cluster) as client:  # fmt: skip
         # imports before timing
         client.run(lambda: __import__("napari_instseg.core.engine.predict"))
@@ -118,6 +124,22 @@ def run_cluster(store, workers: int, model: str, block: int, kill: bool = False,
         return result, seconds, max(peaks.values()) / 2**30
 
 
+def run_single(store, model: str, threads: int = 2):
+    import torch
+    import zarr
+
+    from napari_instseg import segment_instances, segment_semantic
+
+    torch.set_num_threads(threads)
+    image = zarr.open(str(store), mode="r")
+    start = time.perf_counter()
+    if "unet" in model:
+        single = segment_semantic(image, model, return_probabilities=False).instances
+    else:
+        single = segment_instances(image, model)
+    return single, time.perf_counter() - start
+
+
 def main() -> int:
     from _common import git_commit, machine_description
 
@@ -125,7 +147,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--model", default="nuclei-unet")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--block", type=int, default=2048)
+    parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument("--block", type=int, default=None, help="default: predict's choice")
     parser.add_argument("--kill", action="store_true")
     parser.add_argument("--single", action="store_true")
     parser.add_argument("--store", type=Path, default=None)
@@ -143,46 +166,46 @@ def main() -> int:
         build_mosaic(args.store, args.size, args.data)
         print(f"# mosaic built in {time.perf_counter() - start:.0f} s", flush=True)
     megapixels = args.size**2 / 1e6
-    what = f"{args.size}x{args.size} uint16 zarr mosaic of val screens"
-    print(f"# {what}, {args.model}, block {args.block}")
-    print("run | seconds | Mpx/s | objects | peak worker GiB | matched to first run (both ways)")
-    first = None
+    threads = args.threads_per_worker
+    print(f"# {args.size}x{args.size} uint16 zarr mosaic of val screens, {args.model}, "
+          f"{threads} thread(s) per worker")  # fmt: skip
+    print("run | block | seconds | Mpx/s | objects | peak worker GiB | "
+          "matched to the reference (both ways) | per-core efficiency")  # fmt: skip
+    single = single_core_seconds = None
+    if args.single:
+        single, seconds = run_single(args.store, args.model)
+        single_core_seconds = 2 * seconds
+        print(f"single process (2 threads) | - | {seconds:.0f} | {megapixels / seconds:.2f} | "
+              f"{len(single)} | - | (reference) | 1.00", flush=True)  # fmt: skip
+    reference = single
+
+    def report(name, workers, result, seconds, peak):
+        nonlocal reference
+        match = "-"
+        if args.labels_to is None:  # labels on disk: no comparison in memory
+            if reference is None:
+                reference, match = result, "(reference)"
+            else:
+                both = one_to_one(reference.labels, result.labels)
+                match = f"{both[0]:.4f} / {both[1]:.4f}"
+        efficiency = "-"
+        if single_core_seconds:
+            efficiency = f"{single_core_seconds / (workers * threads * seconds):.2f}"
+        print(f"{name} | {result.metadata['block_size']} | {seconds:.0f} | "
+              f"{megapixels / seconds:.2f} | {len(result)} | {peak:.2f} | {match} | "
+              f"{efficiency}", flush=True)  # fmt: skip
+
     for workers in args.workers:
         result, seconds, peak = run_cluster(
-            args.store, workers, args.model, args.block, labels_to=args.labels_to
+            args.store, workers, args.model, args.block, labels_to=args.labels_to, threads=threads
         )
-        first = first if first is not None else result
-        if args.labels_to is not None:  # labels on disk: no comparison in memory
-            print(f"local:{workers} | {seconds:.0f} | {megapixels / seconds:.2f} | "
-                  f"{len(result)} | {peak:.2f} | -", flush=True)  # fmt: skip
-            continue
-        match = one_to_one(first.labels, result.labels)
-        print(f"local:{workers} | {seconds:.0f} | {megapixels / seconds:.2f} | {len(result)} | "
-              f"{peak:.2f} | {match[0]:.4f} / {match[1]:.4f}", flush=True)  # fmt: skip
+        report(f"local:{workers}", workers, result, seconds, peak)
     if args.kill:
         workers = max(args.workers)
-        result, seconds, peak = run_cluster(args.store, workers, args.model, args.block, kill=True)
-        match = one_to_one(first.labels, result.labels)
-        speed = megapixels / seconds
-        line = f"local:{workers}, one worker killed | {seconds:.0f} | {speed:.2f} | {len(result)}"
-        print(f"{line} | {peak:.2f} | {match[0]:.4f} / {match[1]:.4f}", flush=True)
-    if args.single:
-        import torch
-        import zarr
-
-        from napari_instseg import segment_instances, segment_semantic
-
-        torch.set_num_threads(2)
-        image = zarr.open(str(args.store), mode="r")
-        start = time.perf_counter()
-        if "unet" in args.model:
-            single = segment_semantic(image, args.model, return_probabilities=False).instances
-        else:
-            single = segment_instances(image, args.model)
-        seconds = time.perf_counter() - start
-        match = one_to_one(single.labels, first.labels)
-        print(f"single process (2 threads) | {seconds:.0f} | {megapixels / seconds:.2f} | "
-              f"{len(single)} | - | blocks vs single {match[0]:.4f} / {match[1]:.4f}")  # fmt: skip
+        result, seconds, peak = run_cluster(
+            args.store, workers, args.model, args.block, kill=True, threads=threads
+        )
+        report(f"local:{workers}, one worker killed", workers, result, seconds, peak)
     return 0
 
 

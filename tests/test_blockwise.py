@@ -10,7 +10,12 @@ import pytest
 
 from conftest import disc_image
 from napari_instseg._sample_data import load_sample
-from napari_instseg.core.blockwise.blocks import plan_blocks, segment_blockwise
+from napari_instseg.core.blockwise.blocks import (
+    BLOCK_CHOICES,
+    choose_block_size,
+    plan_blocks,
+    segment_blockwise,
+)
 from napari_instseg.core.blockwise.painting import BlockObject, keep_objects, paint_regions
 from napari_instseg.core.engine.predict import segment_semantic
 from napari_instseg.core.engine.tiling import fitted_tile_grid, window_tile_grid
@@ -32,6 +37,32 @@ def test_blocks_cover_the_image_once():
         owned[y0:y1, x0:x1] += 1
         assert block.read[0] == max(0, y0 - 20) and block.read[3] == min(200, x1 + 20)
     assert (owned == 1).all()
+
+
+def _read_pixels(blocks) -> list[int]:
+    return [(b.read[2] - b.read[0]) * (b.read[3] - b.read[1]) for b in blocks]
+
+
+def test_the_chosen_block_size_finishes_soonest():
+    tiling = (512, 64)  # the bundled U-Net's
+    # an 8192^2 image: 2048 px blocks read 1.39x its pixels (a tile's widening
+    # a side), 4096 px blocks 1.12x; one or two workers take the larger ones
+    for workers in (1, 2):
+        assert choose_block_size(8192, 8192, workers, 128, tiling) == 4096
+    assert sum(_read_pixels(plan_blocks(8192, 8192, 2048, 128, tiling))) > 1.35 * 8192**2
+    assert sum(_read_pixels(plan_blocks(8192, 8192, 4096, 128, tiling))) < 1.15 * 8192**2
+    # many workers: smaller blocks, so that every worker has some
+    assert choose_block_size(8192, 8192, 16, 128, tiling) < 4096
+
+    def reads(block):
+        return _read_pixels(plan_blocks(3000, 5000, block, 128, tiling))
+
+    # one worker reads every block: the least pixels in all win
+    chosen = choose_block_size(3000, 5000, 1, 128, tiling)
+    assert sum(reads(chosen)) <= 1.02 * min(sum(reads(b)) for b in BLOCK_CHOICES)
+    # a worker per block: the smallest largest block wins
+    chosen = choose_block_size(3000, 5000, 64, 128, tiling)
+    assert max(reads(chosen)) <= 1.02 * min(max(reads(b)) for b in BLOCK_CHOICES)
 
 
 def test_aligned_read_windows_are_whole_tiles_of_the_whole_image():
@@ -139,10 +170,39 @@ def test_objects_on_every_block_edge_get_one_id_each(oracle_unet):
 @pytest.fixture(scope="module")
 def client():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+    from napari_instseg.core.blockwise.local_cluster import start_local_cluster
+
+    with (
+        start_local_cluster(2, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
+
+
+def test_our_workers_run_without_dasks_malloc_setting(client):
+    """dask's nanny sets MALLOC_TRIM_THRESHOLD_, which made the U-Net 1.6x
+    slower in a worker; ours go without it, and a cluster started with dask's
+    defaults is told apart (the command line then says how to fix it)."""
+    import distributed
+
+    from napari_instseg.core.blockwise.local_cluster import slowed_workers
+
+    assert slowed_workers(client) == 0
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster, distributed.Client(cluster) as plain:  # fmt: skip
+        assert slowed_workers(plain) == 1
+
+
+def test_local_without_a_count_takes_a_worker_per_core_as_memory_allows():
+    from napari_instseg.commands.cluster import parse_cluster
+    from napari_instseg.core.blockwise.local_cluster import WORKER_MEMORY, default_local_workers
+
+    assert default_local_workers(cores=8, free=64 * 2**30) == 8
+    assert default_local_workers(cores=8, free=3 * WORKER_MEMORY + 1) == 3
+    assert default_local_workers(cores=8, free=0) == 1
+    assert parse_cluster("local") == default_local_workers()
+    assert parse_cluster("local:3") == 3
 
 
 IMAGE = load_sample("nuclei")[:256, :384]

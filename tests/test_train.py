@@ -291,6 +291,7 @@ def test_balanced_weighting_gives_rare_kinds_of_image_a_larger_share():
 
 def test_files_pair_by_stem_with_label_suffixes(tmp_path):
     from napari_instseg.core.io.images import paired_files
+
     images, masks, predicted = (tmp_path / d for d in ("images", "masks", "pred"))
     for folder, names in (
         (images, ["a.tif", "b.png", "c.tif", "notes.txt"]),

@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_flags(p)
     p.add_argument(
         "--cluster",
-        metavar="local:N",
-        help="segment large 2D images block by block on a local dask cluster of N workers",
+        metavar="local[:N]",
+        help="segment large 2D images block by block on a local dask cluster of N workers "
+        "(local: one per core, as many as memory allows)",
     )
     p.add_argument(
         "--scheduler",
@@ -66,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment block by block on a running dask scheduler (e.g. tcp://host:8786)",
     )
     p.add_argument(
-        "--block-size", type=int, default=2048, help="block side in cluster mode (default 2048)"
+        "--block-size",
+        type=int,
+        default=None,
+        help="block side in cluster mode (default: of 1024-4096 px, the one that finishes "
+        "soonest on the cluster's workers)",
     )
     p.add_argument(
         "--skip-existing",

@@ -11,10 +11,17 @@ from . import CommandError
 
 
 def parse_cluster(text: str) -> int:
-    """The worker count of ``local:N``."""
+    """The worker count of ``local:N``; ``local`` alone: one per core, as
+    many as memory allows (``default_local_workers``)."""
+    from ..core.blockwise.local_cluster import default_local_workers
+
     kind, _, count = text.partition(":")
+    if text == "local":
+        return default_local_workers()
     if kind != "local" or not count.isdigit() or int(count) < 1:
-        raise CommandError(f"--cluster {text!r}: use local:N with N workers, e.g. local:2")
+        raise CommandError(
+            f"--cluster {text!r}: use local (one worker per core) or local:N, e.g. local:2"
+        )
     return int(count)
 
 
@@ -25,7 +32,9 @@ def cluster_client(args):
         yield None
         return
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
+
+        from ..core.blockwise.local_cluster import slowed_workers, start_local_cluster
     except ImportError:
         raise CommandError(
             "cluster mode needs dask.distributed: pip install 'napari-instseg[cluster]'"
@@ -35,9 +44,7 @@ def cluster_client(args):
         if args.cluster:
             workers = parse_cluster(args.cluster)
             # one thread per worker process: torch in each uses its one core
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-            )
+            cluster = start_local_cluster(workers, dashboard_address=":0")
             client = Client(cluster)
         else:
             client = Client(args.scheduler, timeout="20s")
@@ -45,6 +52,14 @@ def cluster_client(args):
         raise CommandError(f"cannot reach the dask scheduler ({err})") from None
     n = len(client.scheduler_info().get("workers", {}))
     print(f"dask: {n} workers, dashboard {client.dashboard_link}", file=sys.stderr)
+    slowed = slowed_workers(client) if cluster is None else 0
+    if slowed:
+        print(
+            f"note: {slowed} of the workers run with MALLOC_TRIM_THRESHOLD_ set (dask's "
+            "default), which made segmenting 1.6x slower here; start them with the dask "
+            "setting distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_ set to null",
+            file=sys.stderr,
+        )
     try:
         yield client
     finally:

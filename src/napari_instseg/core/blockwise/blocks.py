@@ -34,7 +34,14 @@ from ..labels.postprocess import smallest_label_dtype
 from ..types import InputError, InstanceResult, Progress
 from .painting import BlockObject, iter_paint_regions, keep_objects
 
-DEFAULT_BLOCK = 2048
+DEFAULT_BLOCK = 2048  # a block side for in-process runs (``choose_block_size`` for clusters)
+# Block sides a cluster run chooses from. Each block's read window is widened
+# to whole tiles of the image's tile grid (so blocks give the single process's
+# result exactly), which costs about a tile a side: 2048 px blocks read 1.39x an
+# 8192^2 image's pixels, 4096 px blocks 1.12x. 4096 px U-Net blocks peak at 1.2 GiB
+# in a worker (docs/benchmarks.md), which bounds the choice.
+BLOCK_CHOICES = (1024, 2048, 3072, 4096)
+NEAR_TIE = 1.02  # finishing times within 2% count as equal
 # the halo must exceed the largest object; nuclei in these images are < 100 px
 DEFAULT_HALO = 128
 
@@ -67,6 +74,28 @@ def plan_blocks(
             (ry0, ry1), (rx0, rx1) = span(y0, y1, height), span(x0, x1, width)
             blocks.append(Block((y0, x0, y1, x1), (ry0, rx0, ry1, rx1), (height, width)))
     return blocks
+
+
+def choose_block_size(
+    height: int, width: int, workers: int, halo: int, tiling: tuple[int, int] | None
+) -> int:
+    """The block side (of ``BLOCK_CHOICES``) that finishes an image of
+    ``height`` x ``width`` soonest on ``workers`` equal workers: the pixels
+    each block reads (halo and whole tiles included), shared out largest
+    first to the least loaded worker; the last block to finish decides. Ties
+    go to smaller blocks, which show progress sooner and hold less memory."""
+
+    def finish(block: int) -> float:
+        loads = [0.0] * max(1, workers)
+        reads = sorted(((b.read[2] - b.read[0]) * (b.read[3] - b.read[1]) for b in
+                        plan_blocks(height, width, block, halo, tiling)), reverse=True)  # fmt: skip
+        for read in reads:
+            loads[loads.index(min(loads))] += read
+        return max(loads)
+
+    finishes = {block: finish(block) for block in BLOCK_CHOICES}
+    soonest = min(finishes.values())
+    return min(block for block, time in finishes.items() if time <= soonest * NEAR_TIE)
 
 
 def segment_block(source, block: Block, model, options: dict) -> list[BlockObject]:
@@ -141,7 +170,7 @@ def iter_segment_blockwise(
     model,
     *,
     client=None,
-    block_size: int = DEFAULT_BLOCK,
+    block_size: int | None = None,
     halo: int = DEFAULT_HALO,
     task_source=None,
     labels_to=None,
@@ -156,7 +185,9 @@ def iter_segment_blockwise(
     image scattered to the workers once). ``labels_to``: the labels are
     written region by region into a new OME-Zarr label image there (with
     ``label_axes`` = (axes, scale)) and the result's labels are that array,
-    never held whole; default: in memory. Options as for the engine, except
+    never held whole; default: in memory. ``block_size``: by default the
+    side that finishes soonest on the client's workers
+    (``choose_block_size``), or ``DEFAULT_BLOCK`` in this process. Options as for the engine, except
     those that change the image's scale or axes (diameter, rescale,
     channel_axis, link), which block-wise runs do not take."""
     from ..engine import options as engine_options
@@ -179,6 +210,10 @@ def iter_segment_blockwise(
     tiling = engine_options.tiling(
         loaded.info.task, options.get("tile_size"), options.get("overlap"), loaded.info.tile_size
     )
+    if block_size is None:
+        workers = len(client.scheduler_info().get("workers", {})) if client is not None else 0
+        block_size = choose_block_size(height, width, workers, halo, tiling) if workers else (
+            DEFAULT_BLOCK)  # fmt: skip
     plan = plan_blocks(height, width, block_size, halo, tiling)
     slices = list(np.ndindex(*stack_shape)) if stack_shape else [()]
     blocks, task_options = [], []
@@ -192,6 +227,8 @@ def iter_segment_blockwise(
     found: dict[tuple, list[BlockObject]] = {index: [] for index in slices}
     task_source = source if task_source is None else task_source
     runs = _run(task_source, blocks, model_ref, task_options, client)
+    # shown at once: a block can take minutes on a CPU
+    yield Progress(0, len(blocks), "segmenting blocks")
     for done, (block, objects) in enumerate(runs, 1):
         found[block.stack_index].extend(objects)
         yield Progress(done, len(blocks), "segmenting blocks")

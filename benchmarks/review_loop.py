@@ -43,10 +43,14 @@ from _common import git_commit, machine_description  # noqa: E402
 
 from napari_instseg import load_model  # noqa: E402
 from napari_instseg.core.draining import drain  # noqa: E402
+from napari_instseg.core.engine.diameter import typical_diameter  # noqa: E402
 from napari_instseg.core.labels.metrics import match_counts  # noqa: E402
 from napari_instseg.core.labels.postprocess import relabel_sequential  # noqa: E402
 from napari_instseg.core.series.folder import ImageSeries  # noqa: E402
-from napari_instseg.core.series.runs import iter_segment_series, reviewed_samples  # noqa: E402
+from napari_instseg.core.series.runs import (  # noqa: E402
+    iter_segment_series,
+    reviewed_samples,
+)
 from napari_instseg.core.training import finetune  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018"
@@ -81,7 +85,24 @@ def dim_12bit(image, labels, rng):
 DOMAINS = {"large-inverted": large_inverted, "dim-12bit": dim_12bit}
 
 
-def build(data: Path, domain: str, pool: int, test: int):
+ONE_MICROSCOPE_DIAMETER = 18.0  # px: the bundled models' trained size, before the change
+
+
+def one_magnification(image, labels):
+    """``image`` and ``labels`` rescaled so that the nuclei measure
+    ``ONE_MICROSCOPE_DIAMETER`` px: DSB's screens come from many microscopes
+    and magnifications (typical diameters 10-50 px), a user's folder from one."""
+    diameter = typical_diameter(labels)
+    if diameter is None:
+        return image, labels
+    factor = ONE_MICROSCOPE_DIAMETER / diameter
+    image = rescale(image, factor, order=1, channel_axis=-1 if image.ndim == 3 else None,
+                    anti_aliasing=factor < 1, preserve_range=True)  # fmt: skip
+    labels = rescale(labels, factor, order=0, preserve_range=True, anti_aliasing=False)
+    return image, relabel_sequential(labels.astype(np.int32))
+
+
+def build(data: Path, domain: str, pool: int, test: int, same_size: bool = False):
     with open(data / "manifest.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "val" and r["gray_rgb"] == "True"]
     rng = np.random.default_rng(35)
@@ -89,6 +110,8 @@ def build(data: Path, domain: str, pool: int, test: int):
     for row in rows[: pool + test]:
         image = tifffile.imread(data / "val" / "images" / f"{row['id']}.tif")
         labels = tifffile.imread(data / "val" / "masks" / f"{row['id']}.tif")
+        if same_size:
+            image, labels = one_magnification(image, labels)
         made.append((row["id"][:12], *DOMAINS[domain](image, labels, rng)))
     return made[:pool], made[pool:]
 
@@ -102,7 +125,7 @@ def fixes(truth: np.ndarray, pred: np.ndarray) -> int:
 def run(model_name: str, domain: str, args) -> list[dict]:
     from napari_instseg import segment
 
-    pool, test = build(args.data, domain, args.pool, args.test)
+    pool, test = build(args.data, domain, args.pool, args.test, args.same_size)
     folder = Path(tempfile.mkdtemp()) / domain
     folder.mkdir()
     for name, image, _ in pool:
@@ -111,10 +134,10 @@ def run(model_name: str, domain: str, args) -> list[dict]:
     series = ImageSeries(folder)
     base = load_model(model_name, "cpu")
 
-    def test_scores(model):
+    def test_scores(model, diameter=None):
         total = None
         for _, image, labels in test:
-            pred = segment(image, model, device="cpu")[0].labels
+            pred = segment(image, model, device="cpu", diameter=diameter)[0].labels
             counts = match_counts(labels, pred, [0.5, 0.75])
             total = counts if total is None else total + counts
         ap = total.summary()["ap"]
@@ -136,20 +159,26 @@ def run(model_name: str, domain: str, args) -> list[dict]:
         start_from = model if args.continue_training else base
         job = finetune.prepare(
             samples, model=start_from, max_minutes=args.minutes, device="cpu",
-            name=f"{model_name}-{domain}-{k}", seed=0,
+            name=f"{model_name}-{domain}-{k}", seed=0, at_model_size=args.train_at == "model",
         )  # fmt: skip
         drain(job.trainer.run())
         saved = job.save(Path(job.trainer.run_dir) / "model.safetensors")
         minutes = (time.perf_counter() - start) / 60
         model = load_model(saved, "cpu")
-        drain(iter_segment_series(series, model, redo_segmented=True, device="cpu"))
-        ap50, ap75 = test_scores(model)
+        segmented = drain(iter_segment_series(series, model, redo_segmented=True, device="cpu"))
+        # the test share is the rest of the folder: segmented as the series does
+        ap50, ap75 = test_scores(model, segmented.diameter)
+        others = {f"diameter {d}": test_scores(model, d) for d in (None, "auto")}
+        # what the reviewed labels' object size alone buys, without training
+        others["bundled model, same diameter"] = test_scores(base, segmented.diameter)
         rows.append({"k": k, "ap50": ap50, "ap75": ap75, "fixes": np.mean(fixed),
                      "minutes": minutes, "kept": job.trainer.state.best_iteration,
                      "iterations": job.trainer.state.iteration})  # fmt: skip
         print(
-            f"  {model_name} {domain} k={k}: AP50 {ap50:.3f} AP75 {ap75:.3f}, "
-            f"{np.mean(fixed):.1f} fixes per corrected image, {minutes:.1f} min",
+            f"  {model_name} {domain} k={k}: AP50 {ap50:.3f} AP75 {ap75:.3f} "
+            f"(diameter {segmented.diameter}), "
+            f"{np.mean(fixed):.1f} fixes per corrected image, {minutes:.1f} min; "
+            + ", ".join(f"{what}: {a:.3f}/{b:.3f}" for what, (a, b) in others.items()),
             flush=True,
         )
     return rows
@@ -171,12 +200,25 @@ def main(argv=None) -> int:
         help="start each round from the previous round's model (as the widget does: "
         "training chooses the new model), not from the bundled one",
     )
+    parser.add_argument(
+        "--same-size",
+        action="store_true",
+        help="one microscope: bring every source image's nuclei to 18 px before the "
+        "domain's change (DSB mixes magnifications)",
+    )
+    parser.add_argument(
+        "--train-at",
+        choices=["model", "native"],
+        default="model",
+        help="fine-tune with each corrected image rescaled to the model's object size "
+        "(the series' way) or at the images' own size",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"machine: {machine_description()}; commit {git_commit()}")
     start = "the previous round's model" if args.continue_training else "the bundled model"
     print(f"pool {args.pool} images, test {args.test}, fine-tune {args.minutes} min per round "
-          f"from {start}")  # fmt: skip
+          f"from {start}, at the {args.train_at} object size")  # fmt: skip
     for domain in args.domain:
         for model_name in args.model:
             rows = run(model_name, domain, args)

@@ -280,3 +280,50 @@ def test_training_finds_the_channel_axis_from_the_mask():
     assert channel_axis_beside((40, 50), (40, 50)) is None
     with pytest.raises(InputError, match="does not fit a mask"):
         channel_axis_beside((3, 41, 50), (40, 50))
+
+
+def test_training_at_the_models_object_size_and_predicting_alike(annotated_folders, tmp_path):
+    """The image series fine-tunes on images rescaled so that their objects
+    have the model's trained size; the new model brings new images to that
+    size itself (its ``images_diameter``), and block-wise runs refuse it."""
+    from conftest import tiny_unet_info
+    from napari_instseg.core.blockwise.blocks import segment_blockwise
+    from napari_instseg.core.draining import drain
+    from napari_instseg.core.engine.diameter import typical_diameter
+    from napari_instseg.core.models.loaded import build_model
+    from napari_instseg.core.types import InputError
+
+    info = tiny_unet_info()
+    base = tmp_path / "trained-at-20px.safetensors"
+    metadata = {**info.to_metadata(), "object_diameter": 20.0}
+    checkpoint.save_checkpoint(base, build_model(info).state_dict(), metadata)
+    images, masks = annotated_folders  # discs of radius 5: about 11 px across
+    train = finetune.load_annotated_folder(images, masks, load_model(base, "cpu").info)
+    own = np.median([typical_diameter(s.labels) for s in train])
+
+    job = finetune.prepare(
+        train, model=base, epochs=1, device="cpu", measure_baseline=False, at_model_size=True
+    )
+    for sample in job.trainer.train_samples + job.trainer.val_samples:
+        assert typical_diameter(sample.labels) == pytest.approx(20.0, rel=0.1)
+        assert sample.image.shape[:2] == sample.labels.shape
+        assert sample.labels.shape[0] == pytest.approx(64 * 20.0 / own, abs=3)
+    assert "rescaled" in job.notes[0] and "20.0 px" in job.notes[0]
+    drain(job.trainer.run())
+    saved = job.save(tmp_path / "mine.safetensors")
+    tuned = load_model(saved, "cpu").info
+    assert tuned.images_diameter == pytest.approx(own, abs=0.2)
+    assert tuned.object_diameter == pytest.approx(20.0, rel=0.1)
+
+    image = tifffile.imread(images / "s0.tif")
+    sizing = segment_semantic(image, saved).instances.metadata
+    assert sizing["diameter"] == tuned.images_diameter  # rescaled by default
+    assert sizing["rescale"] == pytest.approx(tuned.object_diameter / own, rel=0.01)
+    given = segment_semantic(image, saved, rescale=1.5).instances.metadata
+    assert given["rescale"] == 1.5  # what the user asks for wins
+    with pytest.raises(InputError, match="block-wise runs segment at the image's own scale"):
+        segment_blockwise(image, saved, block_size=64)
+
+    native = finetune.prepare(train, model=saved, epochs=1, device="cpu", measure_baseline=False)
+    assert native.images_diameter is None and not native.notes
+    assert all(s.labels.shape == (64, 64) for s in native.trainer.train_samples)

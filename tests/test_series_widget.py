@@ -80,8 +80,11 @@ def test_train_on_reviewed_images_then_resegment_the_rest(make_napari_viewer, fo
     widget.step(1)
     widget.reviewed.value = True
     widget.step(1)
-    name, images, _, _ = widget.train(blocking=True, epochs=1, output=tmp_path / "m.safetensors")
+    output = tmp_path / "m.safetensors"
+    name, images, _, _, notes = widget.train(blocking=True, epochs=1, output=output)
     assert images == 2 and widget.model.value == name and widget.resegment_button.enabled
+    # trained at the model's object size, and the user is told
+    assert "rescaled" in notes[0] and notes[0] in widget.status.value
     widget.segment_all(redo_segmented=True, blocking=True)
     assert widget.series.record(2).model == name
     assert _states(widget) == ["reviewed", "reviewed", "segmented"]

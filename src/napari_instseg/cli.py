@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name stored in the checkpoint (default: file stem)")
     p.add_argument("--run-dir", help="folder for training state and log.csv (default: temp)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--at-model-size",
+        action="store_true",
+        help="rescale each image so its objects have the model's trained size; the new "
+        "model rescales new images alike (always on for an image series' labels folder)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-o", "--output", required=True, help="output .safetensors file")
     p.set_defaults(func=cmd_train)

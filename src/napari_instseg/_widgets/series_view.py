@@ -18,6 +18,7 @@ class SeriesView:
     def __init__(self, viewer):
         self.viewer = viewer
         self.layers: dict = {}  # "image", "labels", "boxes"
+        self._channel_axis = None  # of the image shown
         self._snapshot: np.ndarray | None = None  # the labels as shown or last saved
 
     def show(self, series, index: int, image, channel_axis, model: str, device: str, message):
@@ -25,10 +26,21 @@ class SeriesView:
         to paint on when it has none); drawn boxes are segmented with
         ``model``. The layers are reused from image to image: napari's removing
         a layer runs a full garbage collection (0.3 s each here)."""
+        image_layer = self._image_layer(image, series.images[index].key)
+        self._channel_axis = channel_axis
+        self.show_result(series, index, model, device, message, image_layer)
+
+    def show_result(self, series, index: int, model: str, device: str, message, image_layer=None):
+        """Replace the labels and boxes of image ``index`` (the one on screen:
+        its Image layer stays as it is, e.g. when its result arrives)."""
         from ..core.series.folder import saved_result
 
         key = series.images[index].key
-        image_layer = self._image_layer(image, key)
+        channel_axis = self._channel_axis
+        if image_layer is None:
+            image_layer = self.layers["image"]
+            for name in ("labels", "boxes"):  # their link is made again below
+                unlink_layer(self.layers[name])
         labels = series.read_labels(index)
         spatial = image_layer.data.shape[:-1] if image_layer.rgb else image_layer.data.shape
         if channel_axis is not None:

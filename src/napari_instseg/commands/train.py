@@ -63,11 +63,15 @@ def cmd_train(args) -> int:
             run_dir=args.run_dir,
             semantic=args.semantic,
             seed=args.seed,
+            # a series' labels: the same loop as the Image series widget
+            at_model_size=args.at_model_size or reviewed is not None,
         )
     except (InputError, ModelError) as err:
         raise CommandError(str(err)) from None
     for warning in job.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for note in job.notes:
+        print(note, file=sys.stderr)
     if job.baseline:
         print(f"validation before training: {job.baseline['score']:.3f}", file=sys.stderr)
     trainer = job.trainer

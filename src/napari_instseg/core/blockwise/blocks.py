@@ -207,6 +207,12 @@ def iter_segment_blockwise(
     stack_shape = tuple(int(s) for s in image.shape[:-2])
     height, width = (int(s) for s in image.shape[-2:])
     loaded = _model(model, options.get("device", "auto"))
+    if loaded.info.images_diameter:
+        raise InputError(
+            f"{loaded.name} was fine-tuned on images rescaled to {loaded.info.object_diameter} "
+            f"px objects, and block-wise runs segment at the image's own scale: use it on "
+            f"whole images (it rescales them itself)"
+        )
     tiling = engine_options.tiling(
         loaded.info.task, options.get("tile_size"), options.get("overlap"), loaded.info.tile_size
     )

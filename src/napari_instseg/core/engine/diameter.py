@@ -6,7 +6,9 @@ object diameter (``ModelInfo.object_diameter``). ``diameter="auto"`` measures
 the objects of a first pass at the input size and predicts again, rescaled,
 only when they lie outside the band the model handles as they are
 (``options.AUTO_DIAMETER_BAND``, 1/1.4 to 1.4 times the trained diameter, as
-the training crops were scaled by 0.7-1.5), so most images need one pass.
+the training crops were scaled by 0.7-1.5), so most images need one pass. A
+model fine-tuned on images rescaled to its trained size
+(``ModelInfo.images_diameter``) brings new images to it by default.
 """
 
 from __future__ import annotations
@@ -79,8 +81,11 @@ class SlicePlan:
     ``report()`` is what goes into ``result.metadata``.
     """
 
-    def __init__(self, loaded, diameter, rescale: float):
+    def __init__(self, loaded, diameter, rescale: float, whole_image: bool = True):
         self.trained = loaded.info.object_diameter
+        default = loaded.info.images_diameter
+        if diameter is None and rescale == 1.0 and default and whole_image:
+            diameter = default  # the size of the images it was fine-tuned for
         self.diameter = check_request(diameter, rescale, self.trained, loaded.name)
         self.rescale = rescale
         self.used: list[tuple[float | None, float]] = []  # (diameter, rescale) per slice

@@ -40,7 +40,7 @@ def iter_segment_instances(
     _, mask_threshold = detection_thresholds(
         options.score_threshold, options.mask_threshold, loaded.info.postprocess
     )
-    sizing = SlicePlan(loaded, options.diameter, options.rescale)
+    sizing = SlicePlan(loaded, options.diameter, options.rescale, options.part_of is None)
     intensity_range, part_of = options.intensity_range, options.part_of
     channel_axis, stack_shape = resolve_axes(image, options.channel_axis)
     link = check_link(options.link, stack_shape)

@@ -55,7 +55,7 @@ def iter_segment_semantic(
     channel_axis, stack_shape = resolve_axes(image, options.channel_axis)
     link = check_link(options.link, stack_shape)
     tile_size, overlap = tiling(SEMANTIC, options.tile_size, options.overlap, loaded.info.tile_size)
-    sizing = SlicePlan(loaded, options.diameter, options.rescale)
+    sizing = SlicePlan(loaded, options.diameter, options.rescale, options.part_of is None)
     settings = _Settings(
         loaded,
         tile_size,

@@ -47,6 +47,10 @@ class ModelInfo:
     tile_size: int = 512
     # typical object diameter (px) of the training images (core.engine.diameter)
     object_diameter: float | None = None
+    # typical object diameter (px) of the images a model was fine-tuned for when
+    # they were rescaled to ``object_diameter`` for training (the image series
+    # does): predictions given neither diameter nor rescale use it
+    images_diameter: float | None = None
     description: str = ""
     postprocess: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)

@@ -215,6 +215,7 @@ class TrainedModel:
     images: int  # reviewed images trained on
     before: float | None  # validation score of the base model
     after: float
+    notes: tuple[str, ...] = ()  # what was done with the images (rescaled to the model's size)
 
 
 def iter_train_on_reviewed(
@@ -228,7 +229,10 @@ def iter_train_on_reviewed(
 ) -> Generator[TrainingStep, None, TrainedModel]:
     """Fine-tune ``model`` on the series' reviewed images (within ``minutes``,
     or ``epochs`` passes), save it (default: ``series.next_model_path()``) and
-    register it; yields a ``TrainingStep`` per iteration, for a live plot."""
+    register it; yields a ``TrainingStep`` per iteration, for a live plot.
+    The images are rescaled so that their objects have the model's trained
+    size (a few corrected images then teach the new look, not a new scale;
+    docs/benchmarks.md), and the new model rescales new images alike."""
     from ..models.user_settings import remember_checkpoint
     from ..training import finetune
 
@@ -236,9 +240,10 @@ def iter_train_on_reviewed(
     base = load_model(model, device)
     samples = reviewed_samples(series, base.info)
     job = finetune.prepare(samples, model=base, max_minutes=minutes, epochs=epochs,
-                           device=device, name=output.stem)  # fmt: skip
+                           device=device, name=output.stem, at_model_size=True)  # fmt: skip
     yield from job.trainer.steps()
     trainer = job.trainer
     saved = job.save(output)
     return TrainedModel(remember_checkpoint(saved), saved, len(samples),
-                        job.baseline.get("score"), trainer.state.best_score)  # fmt: skip
+                        job.baseline.get("score"), trainer.state.best_score,
+                        tuple(job.notes))  # fmt: skip

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..devices import resolve_device
+from ..engine.diameter import training_diameter
 from ..engine.normalize import as_model_channels
 from ..engine.reading import channel_axis_beside
 from ..io.images import paired_files, read_image, read_instance_classes
@@ -28,7 +29,7 @@ from ..types import InputError
 from . import recipes
 from .config import TrainConfig
 from .loop import Trainer
-from .samples import AnnotatedImage
+from .samples import AnnotatedImage, at_object_size, without_ignored
 from .validation import validate
 
 # Architectures for training from scratch: the bundled models' layouts
@@ -124,7 +125,9 @@ class FineTuneJob:
 
     trainer: Trainer
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was done with the images
     baseline: dict = field(default_factory=dict)  # validation scores before training
+    images_diameter: float | None = None  # saved with the model (ModelInfo)
 
     def save(self, output, tune_postprocess: bool = True) -> Path:
         """Copy the best checkpoint (by validation) to ``output``. For U-Nets
@@ -152,6 +155,7 @@ class FineTuneJob:
             metadata["training"]["postprocess_validation"] = {
                 "ap50": scores[(chosen["seed_threshold"], chosen["min_size"])][0]
             }
+        metadata["images_diameter"] = self.images_diameter
         return checkpoint.save_checkpoint(Path(output), state, metadata)
 
 
@@ -173,6 +177,7 @@ def prepare(
     semantic: bool = False,
     measure_baseline: bool = True,
     seed: int = 0,
+    at_model_size: bool = False,
 ) -> FineTuneJob:
     """Set up training on ``train`` (AnnotatedImage list, see ``annotated``).
 
@@ -180,9 +185,29 @@ def prepare(
     ("unet"/"maskrcnn") with ``class_names`` (without background) trains a
     new one. Without ``val``, ``val_fraction`` of the images is held out
     (at least one; a single image is used for both, with a warning).
+    ``at_model_size`` rescales each image so its objects have the size the
+    model was trained at (its ``object_diameter``; predictions then need the
+    images' ``diameter``), as the image series does.
     """
     warnings: list[str] = []
+    notes: list[str] = []
     loaded = _starting_model(model, architecture, class_names, device, name, semantic)
+    trained = loaded.info.object_diameter
+    # during training the samples are at the size it sees them: no default rescale
+    loaded.info.images_diameter = images_diameter = None
+    if at_model_size and trained and not semantic:
+        everything = list(train) + list(val or [])
+        images_diameter = training_diameter(
+            without_ignored(s.labels, s.ignore_value) for s in everything
+        )
+        train, factors = at_object_size(list(train), trained)
+        if val:
+            val = at_object_size(list(val), trained)[0]
+        notes.append(
+            f"images rescaled {min(factors):.2f}-{max(factors):.2f}x so that their objects "
+            f"measure the model's {trained:.1f} px; it brings new images of "
+            f"{images_diameter} px objects to that size itself"
+        )
     train, val, split_warning = _split(list(train), val, val_fraction, seed)
     if split_warning:
         warnings.append(split_warning)
@@ -238,7 +263,7 @@ def prepare(
         trainer.state.best_score = trainer.state.top_score = baseline["score"]
         trainer.last_scores = baseline
         trainer.save_model(run_dir / "best.safetensors", baseline)
-    return FineTuneJob(trainer, warnings, baseline)
+    return FineTuneJob(trainer, warnings, notes, baseline, images_diameter)
 
 
 def validation_margin(val: list[AnnotatedImage]) -> float:

@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
+from skimage.transform import rescale, resize
 
 from ..engine.normalize import percentile_range
 from ..labels.postprocess import BACKGROUND, BOUNDARY, INTERIOR
@@ -57,6 +58,22 @@ class AnnotatedImage:
         ignored = self.labels == self.ignore_value
         return np.where(ignored, 0, self.labels), _without_objects_in(pred, ignored)
 
+    def rescaled(self, factor: float) -> AnnotatedImage:
+        """The same annotation ``factor`` times as large (image interpolated,
+        smoothed first when shrinking; labels nearest), normalisation kept."""
+        if abs(factor - 1) < 1e-3:
+            return self
+        shape = tuple(max(1, int(round(side * factor))) for side in self.labels.shape)
+        image = rescale(
+            self.image.astype(np.float32), factor, order=1, channel_axis=-1,
+            anti_aliasing=factor < 1, preserve_range=True,
+        )  # fmt: skip
+        labels = resize(self.labels, shape, order=0, preserve_range=True, anti_aliasing=False)
+        return AnnotatedImage(
+            self.name, image[: shape[0], : shape[1]], labels.astype(self.labels.dtype),
+            self.lows, self.highs, self.instance_classes, self.ignore_value,
+        )  # fmt: skip
+
     @classmethod
     def create(
         cls,
@@ -87,6 +104,24 @@ class AnnotatedImage:
                 image, labels = image[y0:y1, x0:x1], labels[y0:y1, x0:x1]
         lows, highs = percentile_range(image, normalization["low"], normalization["high"])
         return cls(name, image, labels, lows, highs, instance_classes, ignore_value)
+
+
+def at_object_size(
+    samples: list[AnnotatedImage], diameter: float
+) -> tuple[list[AnnotatedImage], list[float]]:
+    """``samples`` rescaled so that their objects measure ``diameter`` px (a
+    model's trained size), each by its own labels' typical diameter; samples
+    with too few objects to measure take the median factor of the others.
+    Fine-tuning at the size a model already handles leaves the few corrected
+    images to teach the new look, not a new scale. Returns the samples and
+    the factors used."""
+    from ..engine.diameter import rescale_for, typical_diameter
+
+    measured = [typical_diameter(without_ignored(s.labels, s.ignore_value)) for s in samples]
+    known = [rescale_for(d, diameter) for d in measured if d is not None]
+    fallback = float(np.median(known)) if known else 1.0
+    factors = [fallback if d is None else rescale_for(d, diameter) for d in measured]
+    return [s.rescaled(f) for s, f in zip(samples, factors)], factors
 
 
 IGNORE_INDEX = 255  # target value the losses skip

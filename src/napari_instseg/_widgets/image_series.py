@@ -135,9 +135,7 @@ class ImageSeriesWidget(Container):
             button.enabled = True
         not_reviewed = [k for k in range(len(series)) if series.record(k).state != REVIEWED]
         self.show(not_reviewed[0] if not_reviewed else 0)
-        # torchvision's compiled libraries load while holding the interpreter's lock
-        # (0.2 s): here, where the user waits for the folder anyway, rather than in
-        # Segment all's worker, where it froze the window while the user browsed
+        # torchvision's libraries load holding the GIL: here, not in Segment all's worker
         import_torch(detection=True)
         self.status.value = f"{series.summary()}. Labels in {series.labels_folder}."
         return series

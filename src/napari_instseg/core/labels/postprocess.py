@@ -40,18 +40,43 @@ def instances_from_classes(
         seeds_mask = seed_probability >= round(seed_threshold * 255)
     else:
         seeds_mask = classes == interior_class
-    seeds, _ = ndimage.label(seeds_mask & foreground)
+    np.logical_and(seeds_mask, foreground, out=seeds_mask)
+    seeds, _ = ndimage.label(seeds_mask)
     del seeds_mask
     for _ in range(grow_iterations):
-        grown = ndimage.grey_dilation(seeds, size=(3, 3))
-        free = (seeds == 0) & foreground
-        seeds[free] = grown[free]
-        del grown, free
+        _grow_once(seeds, foreground)
     if min_size > 1:
         small = small_ids(seeds, min_size)
         if small.any():
             seeds[small[seeds]] = 0
     return _relabelled_in_place(seeds)
+
+
+def _grow_once(seeds: np.ndarray, foreground: np.ndarray, band_rows: int = 256) -> None:
+    """One step of growth in place: each free foreground pixel takes the
+    largest id among its 3x3 neighbours, as ``grey_dilation(seeds, (3, 3))``
+    of the whole image would give it, band by band so that no second
+    full-size int32 image is held (256 MiB at 8192 x 8192, the U-Net's peak).
+    Each band is dilated with the original row above it (saved before that
+    row's band was updated) and the not yet updated row below."""
+    if seeds.ndim != 2:  # stacks of slices take the whole-array form
+        grown = ndimage.grey_dilation(seeds, size=(3,) * seeds.ndim)
+        free = (seeds == 0) & foreground
+        seeds[free] = grown[free]
+        return
+    height = seeds.shape[0]
+    above = None  # the row above the band as it was before this step
+    for y0 in range(0, height, band_rows):
+        y1 = min(height, y0 + band_rows)
+        lo, hi = max(0, y0 - 1), min(height, y1 + 1)
+        window = seeds[lo:hi].copy()
+        if above is not None:
+            window[0] = above
+        grown = ndimage.grey_dilation(window, size=(3, 3))[y0 - lo : y0 - lo + y1 - y0]
+        band = seeds[y0:y1]
+        above = band[-1].copy()
+        free = (band == 0) & foreground[y0:y1]
+        band[free] = grown[free]
 
 
 def _relabelled_in_place(labels: np.ndarray, band_pixels: int = 2**22) -> np.ndarray:
@@ -71,9 +96,21 @@ def small_ids(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Per id (the index), whether its object has fewer than ``min_size``
     pixels; never the background (0). ``small_ids(labels, n)[labels]`` marks
     the pixels of small objects."""
-    small = np.bincount(labels.ravel()) < min_size
+    small = id_counts(labels) < min_size
     small[0] = False
     return small
+
+
+def id_counts(labels: np.ndarray, band_pixels: int = 2**22) -> np.ndarray:
+    """Pixels per id (the index; ids 0..max), as ``np.bincount(labels.ravel())``
+    gives them, band by band: bincount casts int32 ids to int64 first, a 512
+    MiB copy of an 8192 x 8192 image (the U-Net's peak memory)."""
+    flat = labels.reshape(-1)  # a view of a contiguous image
+    length = int(flat.max()) + 1 if flat.size else 1
+    counts = np.zeros(length, np.int64)
+    for start in range(0, flat.size, band_pixels):
+        counts += np.bincount(flat[start : start + band_pixels], minlength=length)
+    return counts
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
@@ -83,7 +120,7 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 
 def _sequential_lut(labels: np.ndarray) -> np.ndarray:
     """id -> its number among the ids present (0 stays 0), as int32."""
-    counts = np.bincount(labels.ravel())
+    counts = id_counts(labels)
     present = np.flatnonzero(counts)
     present = present[present > 0]
     lut = np.zeros(len(counts), dtype=np.int32)

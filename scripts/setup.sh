@@ -23,5 +23,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision pinned to the pair this project is tested with; a plain
 # CUDA-enabled install including triton, as users get it.
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
+# scripts/constraints.txt: upper bounds where the registry lacks a release's companion.
+.venv/bin/python -m pip install -q -c scripts/constraints.txt \
+  "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
 echo "napari-instseg is installed in .venv"

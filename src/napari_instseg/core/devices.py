@@ -16,13 +16,18 @@ import torch
 from .types import ModelError
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its affinity, where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def configure_cpu_threads() -> int:
     """Use the cores this process may run on (torch counts the host's cores,
     which oversubscribes in containers and on shared machines)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        available = os.cpu_count() or 1
+    available = available_cores()
     if torch.get_num_threads() > available:
         torch.set_num_threads(available)
     return torch.get_num_threads()

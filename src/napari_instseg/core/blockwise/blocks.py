@@ -95,7 +95,7 @@ def choose_block_size(
 
     finishes = {block: finish(block) for block in BLOCK_CHOICES}
     soonest = min(finishes.values())
-    return min(block for block, time in finishes.items() if time <= soonest * NEAR_TIE)
+    return min(block for block, done in finishes.items() if done <= soonest * NEAR_TIE)
 
 
 def segment_block(source, block: Block, model, options: dict) -> list[BlockObject]:
@@ -187,9 +187,10 @@ def iter_segment_blockwise(
     ``label_axes`` = (axes, scale)) and the result's labels are that array,
     never held whole; default: in memory. ``block_size``: by default the
     side that finishes soonest on the client's workers
-    (``choose_block_size``), or ``DEFAULT_BLOCK`` in this process. Options as for the engine, except
-    those that change the image's scale or axes (diameter, rescale,
-    channel_axis, link), which block-wise runs do not take."""
+    (``choose_block_size``), or ``DEFAULT_BLOCK`` in this process. Options
+    as for the engine, except those that change the image's scale or axes
+    (diameter, rescale, channel_axis, link), which block-wise runs do not
+    take."""
     from ..engine import options as engine_options
 
     refused = engine_options.blockwise_refusals(options)

@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import os
 
+from ..devices import available_cores
 from .sizing import free_memory
 
 SLOWING_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
 # a worker's peak with the largest blocks (4096 px, U-Net, 1 thread: 1.0 GiB
 # measured), with room to spare for the scheduler and the client's painting
 WORKER_MEMORY = int(1.5 * 2**30)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def default_local_workers(cores: int | None = None, free: int | None = None) -> int:

@@ -18,6 +18,7 @@ from ..devices import configure_cpu_threads
 from ..labels import device_instances
 from ..labels.linking import check_link, link_stack
 from ..labels.postprocess import (
+    id_counts,
     instance_result_from_labels,
     instances_from_classes,
     relabel_sequential,
@@ -38,7 +39,6 @@ from .test_time_augmentation import augmented_probabilities
 from .tiling import Tile
 
 MIN_MEASURED_SIZE = 4  # pixels: smaller specks say nothing about object size
-BAND_PIXELS = 2**22  # pixels per band of rows when scoring objects (32 MiB in float64)
 
 
 @takes_options(SemanticOptions)
@@ -196,18 +196,12 @@ def _instances_on_device(blended: BandBlender, min_size: int, rules: dict, measu
 
 def _mean_probabilities(probability: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each instance's mean interior probability (0..1), its score. Summed
-    in bands of rows: ``ndimage.mean`` over a whole 8192 x 8192 slice made
-    float64 copies of both images (1.0 GiB, the run's peak)."""
+    band by band (``id_counts``): ``ndimage.mean`` over a whole 8192 x 8192
+    slice made float64 copies of both images (1.0 GiB, the run's peak)."""
     n = int(labels.max()) if labels.size else 0
     if n == 0:
         return np.zeros(0)
-    sums, counts = np.zeros(n + 1), np.zeros(n + 1)
-    rows = max(1, BAND_PIXELS // max(1, labels.shape[-1]))
-    for start in range(0, labels.shape[0], rows):
-        band = labels[start : start + rows].ravel()
-        weights = probability[start : start + rows].ravel()
-        sums += np.bincount(band, weights=weights, minlength=n + 1)
-        counts += np.bincount(band, minlength=n + 1)
+    sums, counts = id_counts(labels, probability), id_counts(labels)
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums[1:] / counts[1:] / 255.0
 

@@ -59,11 +59,6 @@ def _grow_once(seeds: np.ndarray, foreground: np.ndarray, band_rows: int = 256) 
     full-size int32 image is held (256 MiB at 8192 x 8192, the U-Net's peak).
     Each band is dilated with the original row above it (saved before that
     row's band was updated) and the not yet updated row below."""
-    if seeds.ndim != 2:  # stacks of slices take the whole-array form
-        grown = ndimage.grey_dilation(seeds, size=(3,) * seeds.ndim)
-        free = (seeds == 0) & foreground
-        seeds[free] = grown[free]
-        return
     height = seeds.shape[0]
     above = None  # the row above the band as it was before this step
     for y0 in range(0, height, band_rows):
@@ -101,15 +96,22 @@ def small_ids(labels: np.ndarray, min_size: int) -> np.ndarray:
     return small
 
 
-def id_counts(labels: np.ndarray, band_pixels: int = 2**22) -> np.ndarray:
+def id_counts(
+    labels: np.ndarray, weights: np.ndarray | None = None, band_pixels: int = 2**22
+) -> np.ndarray:
     """Pixels per id (the index; ids 0..max), as ``np.bincount(labels.ravel())``
-    gives them, band by band: bincount casts int32 ids to int64 first, a 512
-    MiB copy of an 8192 x 8192 image (the U-Net's peak memory)."""
+    gives them, or the sums of ``weights`` (an image of the same shape) per id,
+    band by band: bincount casts int32 ids to int64 (and weights to float64)
+    first, a 512 MiB copy of an 8192 x 8192 image (the U-Net's peak memory)."""
     flat = labels.reshape(-1)  # a view of a contiguous image
+    values = None if weights is None else weights.reshape(-1)
     length = int(flat.max()) + 1 if flat.size else 1
-    counts = np.zeros(length, np.int64)
+    counts = np.zeros(length, np.int64 if weights is None else np.float64)
     for start in range(0, flat.size, band_pixels):
-        counts += np.bincount(flat[start : start + band_pixels], minlength=length)
+        band = slice(start, start + band_pixels)
+        counts += np.bincount(
+            flat[band], weights=None if values is None else values[band], minlength=length
+        )
     return counts
 
 

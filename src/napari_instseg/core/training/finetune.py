@@ -186,8 +186,9 @@ def prepare(
     new one. Without ``val``, ``val_fraction`` of the images is held out
     (at least one; a single image is used for both, with a warning).
     ``at_model_size`` rescales each image so its objects have the size the
-    model was trained at (its ``object_diameter``; predictions then need the
-    images' ``diameter``), as the image series does.
+    model was trained at (its ``object_diameter``), as the image series does;
+    the saved model then keeps the images' own size (``images_diameter``)
+    and rescales new images by it.
     """
     warnings: list[str] = []
     notes: list[str] = []
@@ -200,6 +201,7 @@ def prepare(
         images_diameter = training_diameter(
             without_ignored(s.labels, s.ignore_value) for s in everything
         )
+    if images_diameter is not None:  # too few objects to measure: trained as they are
         train, factors = at_object_size(list(train), trained)
         if val:
             val = at_object_size(list(val), trained)[0]

@@ -11,6 +11,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 from skimage.transform import rescale, resize
 
+from ..engine.diameter import rescale_for, typical_diameter
 from ..engine.normalize import percentile_range
 from ..labels.postprocess import BACKGROUND, BOUNDARY, INTERIOR
 from ..types import InputError
@@ -115,8 +116,6 @@ def at_object_size(
     Fine-tuning at the size a model already handles leaves the few corrected
     images to teach the new look, not a new scale. Returns the samples and
     the factors used."""
-    from ..engine.diameter import rescale_for, typical_diameter
-
     measured = [typical_diameter(without_ignored(s.labels, s.ignore_value)) for s in samples]
     known = [rescale_for(d, diameter) for d in measured if d is not None]
     fallback = float(np.median(known)) if known else 1.0

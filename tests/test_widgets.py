@@ -139,6 +139,37 @@ def test_threaded_run_reports_progress_and_finishes(make_napari_viewer, qtbot, t
     assert widget.run_button.enabled
 
 
+def test_background_work_keeps_the_collector_off_older_objects(make_napari_viewer, qtbot):
+    """A full collection walks napari's and torch's objects with the GIL held
+    (0.3 s of a frozen window): a worker's run keeps it off the objects that
+    existed before, and a layer removed meanwhile is freed once the run ends."""
+    import gc
+    import threading
+    import weakref
+
+    from napari.qt.threading import create_worker
+
+    from napari_instseg._widgets._common import freeze_long_lived_objects_while
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((64, 64)), name="old")
+    old_layer = weakref.ref(layer)
+    may_finish = threading.Event()
+    worker = create_worker(lambda: may_finish.wait(60), _start_thread=False)
+    freeze_long_lived_objects_while(worker)
+    worker.start()
+    assert gc.get_freeze_count() > 10_000
+    viewer.layers.remove(layer)
+    del layer
+    gc.collect()
+    assert old_layer() is not None  # out of the collector's reach while the work runs
+    with qtbot.waitSignal(worker.finished, timeout=30000):
+        may_finish.set()
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert old_layer() is None
+
+
 def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, make_widget):
     viewer = make_napari_viewer()
     viewer.add_image(np.random.rand(1024, 1024), name="big")

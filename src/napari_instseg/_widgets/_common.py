@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit
 
 _torch_import = threading.Lock()  # see import_torch
+_freezing_workers = 0  # see freeze_long_lived_objects_while
 
 
 def wrapping_label(label: str = "", value: str = "") -> Label:
@@ -168,3 +170,38 @@ def default_link(layer, channel_axis: int | None) -> str:
         return "none"
     label = str(layer.axis_labels[axes[0]]).lower()
     return next((choice for choice, names in _AXIS_NAMES.items() if label in names), "none")
+
+
+def freeze_long_lived_objects_while(worker) -> None:
+    """Keep the cycle collector off the objects that exist now until ``worker``
+    has finished (``gc.freeze``, undone by ``gc.unfreeze`` after the last such
+    worker). A full collection walks every tracked object with the GIL held:
+    with napari and torch loaded that is 660,000 objects and 310 ms of a
+    frozen window, and a background run's allocations set one off every
+    20 s or so. Frozen objects are only walked again afterwards, so a layer
+    removed meanwhile (napari's layers are freed by the cycle collector, not
+    by reference counting) gives its memory back once the work has finished."""
+    global _freezing_workers
+
+    def release() -> None:
+        global _freezing_workers
+        _freezing_workers -= 1
+        if _freezing_workers == 0:
+            gc.unfreeze()
+
+    if _freezing_workers == 0:
+        gc.freeze()
+    _freezing_workers += 1
+    worker.finished.connect(release)
+
+
+def model_choices(*tasks: str) -> list[tuple[str, str]]:
+    """The registry's models of ``tasks`` as (label, name) choices; those
+    without weights say so."""
+    from ..core.models import registry
+
+    return [
+        (name if available else f"{name} (weights not installed)", name)
+        for task in tasks
+        for name, available in registry.models_for_task(task)
+    ]

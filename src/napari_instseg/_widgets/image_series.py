@@ -24,9 +24,17 @@ from magicgui.widgets import (
 )
 
 from ..core.series.folder import NOT_SEGMENTED, REVIEWED, SEGMENTED
-from ._common import UserError, device_picker, error_message, import_torch, wrapping_label
+from ._common import (
+    UserError,
+    device_picker,
+    error_message,
+    freeze_long_lived_objects_while,
+    import_torch,
+    model_choices,
+    wrapping_label,
+)
 from .series_view import SeriesView
-from .train import _make_plot, _update_plot
+from .train import _make_plot, show_training_step
 
 NEXT_KEY, PREVIOUS_KEY = "Alt+Right", "Alt+Left"
 COLUMNS = ["image", "state", "objects"]
@@ -48,7 +56,9 @@ class ImageSeriesWidget(Container):
         self.recursive = CheckBox(text="Include sub-folders", value=False)
         self.labels_folder = FileEdit(label="Labels folder (empty: FOLDER/labels)", mode="d")
         self.open_button = PushButton(text="Open folder")
-        self.model = ComboBox(label="Model", choices=_model_choices)
+        self.model = ComboBox(
+            label="Model", choices=lambda _: model_choices("instance", "semantic")
+        )
         if "nuclei-maskrcnn" in self.model.choices:
             self.model.value = "nuclei-maskrcnn"
         self.device = device_picker(detection=True)
@@ -135,8 +145,11 @@ class ImageSeriesWidget(Container):
             button.enabled = True
         not_reviewed = [k for k in range(len(series)) if series.record(k).state != REVIEWED]
         self.show(not_reviewed[0] if not_reviewed else 0)
-        # torchvision's libraries load holding the GIL: here, not in Segment all's worker
+        # torchvision's libraries load holding the GIL, the series engine takes 80 ms
+        # to import: here, not as Segment all starts
         import_torch(detection=True)
+        import napari_instseg.core.series.runs  # noqa: F401
+
         self.status.value = f"{series.summary()}. Labels in {series.labels_folder}."
         return series
 
@@ -296,18 +309,8 @@ class ImageSeriesWidget(Container):
         return self._start(work, self._on_train_step, self._on_trained, blocking)
 
     def _on_train_step(self, message) -> None:
-        step, history = message.progress, self._history
-        self.progress.max = max(1, step.total if step.total < 10**6 else step.done + 1)
-        self.progress.value = step.done
-        self.status.value = f"Training: {step.message}"
-        history["it"].append(step.done)
-        history["loss"].append(message.loss)
-        if message.scores:
-            history["val_it"].append(step.done)
-            history["val"].append(message.scores["score"])
-        if step.done % 5 == 0 or message.scores:
-            self._plot.setVisible(True)
-            _update_plot(self._figure, self._plot, history)
+        self.status.value = f"Training: {message.progress.message}"
+        show_training_step(self.progress, self._figure, self._plot, self._history, message)
 
     def _on_trained(self, value) -> None:
         name, images, before, after, notes = value
@@ -369,6 +372,7 @@ class ImageSeriesWidget(Container):
         self.cancel_button.enabled = True
         for button in (self.segment_button, self.train_button, self.resegment_button):
             button.enabled = False
+        freeze_long_lived_objects_while(worker)
         worker.start()
         return worker
 
@@ -387,14 +391,3 @@ class ImageSeriesWidget(Container):
     def _show_error(self, err) -> None:
         text = err if isinstance(err, (str, UserError)) else error_message(err)
         self.status.value = f"Error: {text}"
-
-
-def _model_choices(_widget=None) -> list:
-    """Models of both tasks; those without weights say so (as in the segmentation widgets)."""
-    from ..core.models import registry
-
-    return [
-        (name if available else f"{name} (weights not installed)", name)
-        for task in ("instance", "semantic")
-        for name, available in registry.models_for_task(task)
-    ]

@@ -39,9 +39,11 @@ from ._common import (
     default_link,
     device_picker,
     error_message,
+    freeze_long_lived_objects_while,
     import_torch,
     layer_stack_axes,
     link_picker,
+    model_choices,
     parse_diameter,
     sizing_controls,
     wrapping_label,
@@ -140,10 +142,7 @@ class SegmentationWidget(Container):
 
     def _model_choices(self, _widget) -> list:
         """Models of this widget's task; those without weights say so."""
-        choices = [
-            (name if available else f"{name} (weights not installed)", name)
-            for name, available in registry.models_for_task(self.task)
-        ]
+        choices = model_choices(self.task)
         packages = [(label, path) for path, label in self.packages.items()]
         return [*choices, *packages, (LOAD_CHECKPOINT, LOAD_CHECKPOINT)]
 
@@ -298,6 +297,7 @@ class SegmentationWidget(Container):
         self.cancel_button.enabled = True
         self.progress.value = 0
         self._set_status(f"Running… {plan}" if plan else "Running…")
+        freeze_long_lived_objects_while(worker)
         worker.start()
         return worker
 

@@ -21,7 +21,12 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._common import device_picker, import_torch, wrapping_label
+from ._common import (
+    device_picker,
+    freeze_long_lived_objects_while,
+    import_torch,
+    wrapping_label,
+)
 
 DEFAULT_OUTPUT = Path.home() / "napari-instseg-models" / "finetuned.safetensors"
 
@@ -234,6 +239,7 @@ class TrainWidget(Container):
         self.train_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = "Preparing (loading images, scoring the base model)…"
+        freeze_long_lived_objects_while(worker)
         worker.start()
         return worker
 
@@ -252,16 +258,7 @@ class TrainWidget(Container):
             text += [f"Warning: {w}" for w in job.warnings]
             self.status.value = " ".join(text)
             return
-        step, loss, scores = message.progress, message.loss, message.scores
-        self.progress.max = max(1, step.total if step.total < 10**6 else step.done + 1)
-        self.progress.value = step.done
-        self._history["it"].append(step.done)
-        self._history["loss"].append(loss)
-        if scores:
-            self._history["val_it"].append(step.done)
-            self._history["val"].append(scores["score"])
-        if step.done % 5 == 0 or scores:
-            _update_plot(self._figure, self._canvas, self._history)
+        show_training_step(self.progress, self._figure, self._canvas, self._history, message)
 
     def _on_done(self, value):
         name, path, after = value
@@ -290,6 +287,22 @@ def _make_plot():
     canvas.setMinimumHeight(180)
     _update_plot(figure, canvas, {"it": [], "loss": [], "val_it": [], "val": []})
     return figure, canvas
+
+
+def show_training_step(progress, figure, canvas, history: dict, message) -> None:
+    """A ``TrainingStep`` on the progress bar and the loss/validation plot
+    (the Train and Image series widgets)."""
+    step = message.progress
+    progress.max = max(1, step.total if step.total < 10**6 else step.done + 1)
+    progress.value = step.done
+    history["it"].append(step.done)
+    history["loss"].append(message.loss)
+    if message.scores:
+        history["val_it"].append(step.done)
+        history["val"].append(message.scores["score"])
+    if step.done % 5 == 0 or message.scores:
+        canvas.setVisible(True)
+        _update_plot(figure, canvas, history)
 
 
 def _update_plot(figure, canvas, history):

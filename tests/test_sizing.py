@@ -49,6 +49,26 @@ def test_auto_diameter_finds_disc_sizes_and_returns_labels_at_the_input_size(siz
     assert match_counts(truth, result.labels, [0.5]).summary()["ap"][0] >= 0.9
 
 
+@pytest.mark.parametrize(("radius", "scale"), [(30, 20 / 60), (5, 2.0)])
+def test_auto_diameter_of_a_model_for_other_images_looks_first_at_their_size(
+    sized_oracle, radius, scale
+):
+    """A model fine-tuned on 60 px objects brought to its 20 px: "auto" looks
+    at a third of the size first (one pass when its images are such), and
+    still finds other sizes."""
+    info = dataclasses.replace(sized_oracle.info, images_diameter=60.0)
+    finetuned = dataclasses.replace(sized_oracle, info=info)
+    image, truth = _grid_of_discs((250, 230), radius, 2 * radius + 9)
+    steps = []
+    result = segment_semantic(image, finetuned, diameter="auto", progress=steps.append)
+    result = result.instances
+    assert abs(result.metadata["diameter"] - 2 * radius) <= 0.2 * 2 * radius
+    assert result.metadata["rescale"] == pytest.approx(scale, rel=0.05)
+    second_pass = steps[-1].total > steps[0].total  # a second pass adds its tiles
+    assert second_pass == (radius != 30)
+    assert match_counts(truth, result.labels, [0.5]).summary()["ap"][0] >= 0.9
+
+
 def test_a_given_diameter_rescales_to_the_trained_size(sized_oracle):
     image, truth = _grid_of_discs((200, 200), 20, 50)
     steps = []

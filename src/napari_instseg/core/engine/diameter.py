@@ -8,7 +8,9 @@ only when they lie outside the band the model handles as they are
 (``options.AUTO_DIAMETER_BAND``, 1/1.4 to 1.4 times the trained diameter, as
 the training crops were scaled by 0.7-1.5), so most images need one pass. A
 model fine-tuned on images rescaled to its trained size
-(``ModelInfo.images_diameter``) brings new images to it by default.
+(``ModelInfo.images_diameter``) brings new images to it by default, and its
+"auto" first pass looks at that scale: at the input size such a model saw
+100 px nuclei as 8-10 px fragments and "auto" enlarged them further.
 """
 
 from __future__ import annotations
@@ -61,14 +63,15 @@ def rescale_for(diameter: float, trained: float) -> float:
     return float(np.clip(trained / diameter, options.MIN_RESCALE, options.MAX_RESCALE))
 
 
-def auto_rescale(measured: float | None, trained: float) -> float:
-    """1 while the measured diameter lies in the band the model handles, else
+def auto_rescale(measured: float | None, trained: float, looked_at: float = 1.0) -> float:
+    """``looked_at`` (the scale of the pass that measured) while the measured
+    diameter, seen at that scale, lies in the band the model handles, else
     the factor to the trained diameter."""
     if measured is None:
-        return 1.0
+        return looked_at
     low, high = options.AUTO_DIAMETER_BAND
-    if trained * low <= measured <= trained * high:
-        return 1.0
+    if trained * low <= measured * looked_at <= trained * high:
+        return looked_at
     return rescale_for(measured, trained)
 
 
@@ -88,13 +91,17 @@ class SlicePlan:
             diameter = default  # the size of the images it was fine-tuned for
         self.diameter = check_request(diameter, rescale, self.trained, loaded.name)
         self.rescale = rescale
+        # "auto" looks first where the model expects its images' objects
+        self.auto_start = 1.0
+        if self.diameter == "auto" and default and whole_image:
+            self.auto_start = rescale_for(default, self.trained)
         self.used: list[tuple[float | None, float]] = []  # (diameter, rescale) per slice
 
     def first_scale(self) -> float:
         if self.diameter is None:
             scale = self.rescale
         elif self.diameter == "auto":
-            return 1.0
+            return self.auto_start
         else:
             scale = rescale_for(self.diameter, self.trained)
         self.used.append((self.diameter, scale))
@@ -104,9 +111,9 @@ class SlicePlan:
         if self.diameter != "auto":
             return None
         measured = typical_diameter(first_labels)
-        scale = auto_rescale(measured, self.trained)
+        scale = auto_rescale(measured, self.trained, self.auto_start)
         self.used.append((None if measured is None else round(measured, 1), scale))
-        return None if scale == 1.0 else scale
+        return None if scale == self.auto_start else scale
 
     def passes(self, run, objects_of):
         """Run a slice's passes: ``run(scale, again)`` is a generator predicting

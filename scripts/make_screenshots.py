@@ -250,6 +250,12 @@ def image_series(new_viewer, app, out):
     viewer.reset_view()
     settle(app)
     viewer.screenshot(str(out / "image-series.png"), canvas_only=False)
+    # the second field accepted as it is, then a short training on the two reviewed
+    series.reviewed.value = True
+    series.step(1)
+    series.train(blocking=True, epochs=4)
+    settle(app)
+    viewer.screenshot(str(out / "image-series-trained.png"), canvas_only=False)
     viewer.close()
 
 

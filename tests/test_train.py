@@ -317,8 +317,10 @@ def test_checkpoint_choice_tolerates_validation_noise():
 
     from napari_instseg.core.training.loop import Trainer, TrainState
 
-    def chosen(margin, scores):
-        trainer = SimpleNamespace(config=TrainConfig(selection_margin=margin), state=TrainState())
+    def chosen(margin, scores, floor=-1.0):
+        trainer = SimpleNamespace(
+            config=TrainConfig(selection_margin=margin), state=TrainState(floor_score=floor)
+        )
         picks = []
         for score in scores:
             picks.append(Trainer._choose(trainer, score))
@@ -330,6 +332,8 @@ def test_checkpoint_choice_tolerates_validation_noise():
     assert chosen(0.0, scores) == [True, False, False, False]  # plain best
     # within 0.1 of the best seen: the later checkpoint wins; far below: never
     assert chosen(0.1, scores) == [True, True, True, False]
+    # the model training started from validated at 0.9: nothing below it replaces it
+    assert chosen(0.1, [0.85, 0.92, 0.88, 0.90], floor=0.9) == [False, True, False, True]
 
 
 def test_validation_margin_counts_objects_not_ignored_pixels():

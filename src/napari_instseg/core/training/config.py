@@ -36,7 +36,8 @@ class TrainConfig:
     # Choosing the model by validation: 0 keeps the best-scoring checkpoint. A
     # positive margin keeps the latest checkpoint scoring within it of the best
     # seen (the validation's margin of error: a few validation objects cannot
-    # tell checkpoints apart, and the longer-trained one is then the better bet).
+    # tell checkpoints apart, and the longer-trained one is then the better bet),
+    # but never one below the starting model's score (``TrainState.floor_score``).
     selection_margin: float = 0.0
     # bfloat16 autocast on CPUs with native bfloat16 units (see
     # devices.cpu_has_fast_bfloat16), for models whose trainer allows it. GPUs
@@ -59,6 +60,8 @@ class TrainState:
     best_iteration: int = 0
     seconds: float = 0.0
     top_score: float = -1.0  # highest validation score seen
+    # the starting model's validation score: a fine-tuned checkpoint must reach it
+    floor_score: float = -1.0
 
 
 def learning_rate_at(config: TrainConfig, iteration: int, time_fraction: float = 0.0) -> float:

@@ -260,9 +260,10 @@ def prepare(
     baseline = {}
     if measure_baseline and finetuning and val:
         baseline = validate(loaded, val, semantic=semantic)
-        # the base model is the first candidate: training can only replace it
-        # with something that validates better
-        trainer.state.best_score = trainer.state.top_score = baseline["score"]
+        # the base model is the first candidate: training replaces it only with
+        # a checkpoint that validates at least as well (never lower than before)
+        state = trainer.state
+        state.best_score = state.top_score = state.floor_score = baseline["score"]
         trainer.last_scores = baseline
         trainer.save_model(run_dir / "best.safetensors", baseline)
     return FineTuneJob(trainer, warnings, notes, baseline, images_diameter)

@@ -132,6 +132,8 @@ class Trainer:
         """Whether a checkpoint validating at ``score`` becomes the chosen model."""
         margin = self.config.selection_margin
         self.state.top_score = max(self.state.top_score, score)
+        if score < self.state.floor_score:  # worse than the model training started from
+            return False
         if margin <= 0:
             return score > self.state.best_score
         return score >= self.state.top_score - margin

@@ -253,7 +253,8 @@ def image_series(new_viewer, app, out):
     # the second field accepted as it is, then a short training on the two reviewed
     series.reviewed.value = True
     series.step(1)
-    series.train(blocking=True, epochs=4)
+    series.minutes.value = 0.5
+    series.train(blocking=True)
     settle(app)
     viewer.screenshot(str(out / "image-series-trained.png"), canvas_only=False)
     viewer.close()

@@ -183,6 +183,29 @@ def test_one_tiny_image_still_trains_with_a_warning(tiny_unet_path):
     assert drain(job.trainer.run()).iteration >= 1
 
 
+def test_two_reviewed_images_each_give_a_validation_strip():
+    """With few images, whole-image hold-out would train on half of two: each
+    image keeps its first four fifths for training and gives the rest."""
+    from napari_instseg.core.training.samples import AnnotatedImage
+
+    rng = np.random.default_rng(1)
+    samples = []
+    for name in ("a", "b"):
+        centres = [tuple(rng.integers(8, [112, 292])) for _ in range(40)]
+        image, labels = disc_image((120, 300), centres, 5)
+        samples.append(AnnotatedImage.create(name, image, labels, {"low": 0.0, "high": 100.0}))
+    train, val, warning = finetune._split(samples, None, 0.2, seed=0)
+    assert warning is None and [s.name for s in train] == ["a", "b"]
+    assert [s.labels.shape for s in train] == [(120, 240)] * 2
+    assert [s.labels.shape for s in val] == [(120, 60)] * 2 and all(s.object_count for s in val)
+    for whole, kept, strip in zip(samples, train, val):
+        assert (np.concatenate([kept.image, strip.image], axis=1) == whole.image).all()
+        assert (np.concatenate([kept.labels, strip.labels], axis=1) == whole.labels).all()
+    # enough images: whole ones are held out
+    train, val, _ = finetune._split(samples * 2, None, 0.2, seed=0)
+    assert len(train) == 3 and len(val) == 1 and val[0].labels.shape == (120, 300)
+
+
 def test_fine_tuning_does_not_modify_the_base_model(tiny_unet_path, annotated_folders):
     images, masks = annotated_folders
     base = load_model(tiny_unet_path, "cpu")

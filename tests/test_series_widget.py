@@ -81,10 +81,16 @@ def test_train_on_reviewed_images_then_resegment_the_rest(make_napari_viewer, fo
     widget.reviewed.value = True
     widget.step(1)
     output = tmp_path / "m.safetensors"
-    name, images, _, _, notes = widget.train(blocking=True, epochs=1, output=output)
-    assert images == 2 and widget.model.value == name and widget.resegment_button.enabled
+    trained = widget.train(blocking=True, epochs=1, output=output)
+    name = trained.name
+    assert trained.images == 2 and widget.model.value == name and widget.resegment_button.enabled
     # trained at the model's object size, and the user is told
-    assert "rescaled" in notes[0] and notes[0] in widget.status.value
+    assert "rescaled" in trained.notes[0] and trained.notes[0] in widget.status.value
+    # never below the starting model on validation, and the status says which it kept
+    assert trained.after >= trained.before
+    kept = "its weights kept" in widget.status.value
+    assert kept == trained.kept_base_weights and (kept or "→" in widget.status.value)
+    assert widget.progress.value == widget.progress.max
     widget.segment_all(redo_segmented=True, blocking=True)
     assert widget.series.record(2).model == name
     assert _states(widget) == ["reviewed", "reviewed", "segmented"]

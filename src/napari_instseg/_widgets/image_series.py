@@ -304,7 +304,7 @@ class ImageSeriesWidget(Container):
                 series, base_name, output, minutes=None if epochs else minutes, epochs=epochs,
                 device=device,
             )  # fmt: skip
-            return trained.name, trained.images, trained.before, trained.after, trained.notes
+            return trained
 
         return self._start(work, self._on_train_step, self._on_trained, blocking)
 
@@ -313,17 +313,21 @@ class ImageSeriesWidget(Container):
         show_training_step(self.progress, self._figure, self._plot, self._history, message)
 
     def _on_trained(self, value) -> None:
-        name, images, before, after, notes = value
+        name = value.name  # core.series.runs.TrainedModel
         self._trained = name
         if name in self.model.choices:
             self.model.value = name
-        before = "n/a" if before is None else f"{before:.3f}"
+        self.progress.value = self.progress.max
+        before = "n/a" if value.before is None else f"{value.before:.3f}"
+        outcome = f"validation {before} → {value.after:.3f}"
+        if value.kept_base_weights:
+            outcome = f"no checkpoint beat the starting model's {before}: its weights kept"
         rest = len(self.series.indices(SEGMENTED, NOT_SEGMENTED))
         self.resegment_button.enabled = rest > 0
         self.status.value = (
-            f"Trained '{name}' on {images} reviewed image(s): validation {before} → "
-            f"{after:.3f}. Re-segment the {rest} image(s) not reviewed with it?"
-            + "".join(f" ({note})" for note in notes)
+            f"Trained '{name}' on {value.images} reviewed image(s): {outcome}. Re-segment "
+            f"the {rest} image(s) not reviewed with it?"
+            + "".join(f" ({note})" for note in value.notes)
         )
 
     def _on_registry_change(self) -> None:

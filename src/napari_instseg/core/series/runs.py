@@ -216,6 +216,7 @@ class TrainedModel:
     before: float | None  # validation score of the base model
     after: float
     notes: tuple[str, ...] = ()  # what was done with the images (rescaled to the model's size)
+    kept_base_weights: bool = False  # no checkpoint validated as well as the base model
 
 
 def iter_train_on_reviewed(
@@ -246,4 +247,4 @@ def iter_train_on_reviewed(
     saved = job.save(output)
     return TrainedModel(remember_checkpoint(saved), saved, len(samples),
                         job.baseline.get("score"), trainer.state.best_score,
-                        tuple(job.notes))  # fmt: skip
+                        tuple(job.notes), trainer.state.best_iteration == 0)  # fmt: skip

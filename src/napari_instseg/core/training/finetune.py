@@ -36,6 +36,10 @@ from .validation import validate
 NEW_MODEL_CONFIGS = {name: record.new_model_config for name, record in ARCHITECTURES.items()}
 MIN_OBJECTS_WITHOUT_WARNING = 20
 FREEZE_BATCHNORM_BELOW = 4  # training images
+# Fewer reviewed images than this: each gives its last fifth (across its longer
+# side) to validation, rather than whole images being held out
+STRIP_VALIDATION_BELOW = 4
+MIN_STRIP = 48  # px: a narrower strip holds too few whole objects to score
 
 
 def load_annotated_folder(
@@ -184,7 +188,9 @@ def prepare(
     ``model`` (name, path or LoadedModel) is fine-tuned; or ``architecture``
     ("unet"/"maskrcnn") with ``class_names`` (without background) trains a
     new one. Without ``val``, ``val_fraction`` of the images is held out
-    (at least one; a single image is used for both, with a warning).
+    (at least one); with fewer than ``STRIP_VALIDATION_BELOW`` images, that
+    fraction of each image instead (a strip across its longer side), or, for
+    a single image too small to cut, the image serves both (with a warning).
     ``at_model_size`` rescales each image so its objects have the size the
     model was trained at (its ``object_diameter``), as the image series does;
     the saved model then keeps the images' own size (``images_diameter``)
@@ -316,6 +322,12 @@ def _starting_model(model, architecture_name, class_names, device, name, semanti
 def _split(train, val, fraction, seed):
     if val:
         return train, val, None
+    if len(train) < STRIP_VALIDATION_BELOW:
+        # a held-out image would take half of two: every image gives a strip instead
+        parts = [sample.split_off(fraction) for sample in train]
+        strips = [strip for _, strip in parts]
+        if all(min(s.labels.shape) >= MIN_STRIP and s.object_count for s in strips):
+            return [kept for kept, _ in parts], strips, None
     if len(train) == 1:
         return (
             train,

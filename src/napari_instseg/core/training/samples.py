@@ -75,6 +75,21 @@ class AnnotatedImage:
             self.lows, self.highs, self.instance_classes, self.ignore_value,
         )  # fmt: skip
 
+    def split_off(self, fraction: float) -> tuple[AnnotatedImage, AnnotatedImage]:
+        """The image cut across its longer side: the first ``1 - fraction`` of
+        it and the rest (objects on the cut are partly in each)."""
+        axis = 0 if self.labels.shape[0] >= self.labels.shape[1] else 1
+        cut = int(round(self.labels.shape[axis] * (1 - fraction)))
+
+        def part(span: slice, name: str) -> AnnotatedImage:
+            index = (span, slice(None)) if axis == 0 else (slice(None), span)
+            return AnnotatedImage(
+                name, self.image[index], self.labels[index], self.lows, self.highs,
+                self.instance_classes, self.ignore_value,
+            )  # fmt: skip
+
+        return part(slice(0, cut), self.name), part(slice(cut, None), f"{self.name} (strip)")
+
     @classmethod
     def create(
         cls,

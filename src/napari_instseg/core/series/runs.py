@@ -245,6 +245,7 @@ def iter_train_on_reviewed(
     yield from job.trainer.steps()
     trainer = job.trainer
     saved = job.save(output)
+    kept_base = bool(job.baseline) and trainer.state.best_iteration == 0
     return TrainedModel(remember_checkpoint(saved), saved, len(samples),
                         job.baseline.get("score"), trainer.state.best_score,
-                        tuple(job.notes), trainer.state.best_iteration == 0)  # fmt: skip
+                        tuple(job.notes), kept_base)  # fmt: skip

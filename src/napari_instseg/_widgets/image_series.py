@@ -376,7 +376,7 @@ class ImageSeriesWidget(Container):
         self.cancel_button.enabled = True
         for button in (self.segment_button, self.train_button, self.resegment_button):
             button.enabled = False
-        freeze_long_lived_objects_while(worker)
+        freeze_long_lived_objects_while(worker, self.viewer)
         worker.start()
         return worker
 

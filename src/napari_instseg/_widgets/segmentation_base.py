@@ -297,7 +297,7 @@ class SegmentationWidget(Container):
         self.cancel_button.enabled = True
         self.progress.value = 0
         self._set_status(f"Running… {plan}" if plan else "Running…")
-        freeze_long_lived_objects_while(worker)
+        freeze_long_lived_objects_while(worker, self.viewer)
         worker.start()
         return worker
 

@@ -239,7 +239,7 @@ class TrainWidget(Container):
         self.train_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = "Preparing (loading images, scoring the base model)…"
-        freeze_long_lived_objects_while(worker)
+        freeze_long_lived_objects_while(worker, self.viewer)
         worker.start()
         return worker
 

@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit
 
 _torch_import = threading.Lock()  # see import_torch
 _freezing_workers = 0  # see freeze_long_lived_objects_while
+_collection_queued = False  # a removal's collection waits for the next event-loop turn
 
 
 def wrapping_label(label: str = "", value: str = "") -> Label:
@@ -185,15 +186,20 @@ def freeze_long_lived_objects_while(worker, viewer) -> None:
     global _freezing_workers
 
     def collect() -> None:
+        global _collection_queued
+        _collection_queued = False
         if _freezing_workers:
             gc.unfreeze()
             gc.collect()
             gc.freeze()
 
     def collect_removed(event=None) -> None:
+        global _collection_queued
         from qtpy.QtCore import QTimer
 
-        QTimer.singleShot(0, collect)  # once the removal's own references are gone
+        if not _collection_queued:  # one collection, however many workers heard it
+            _collection_queued = True
+            QTimer.singleShot(0, collect)  # once the removal's own references are gone
 
     def release() -> None:
         global _freezing_workers

@@ -148,7 +148,7 @@ class ImageSeriesWidget(Container):
         # torchvision's libraries load holding the GIL, the series engine takes 80 ms
         # to import: here, not as Segment all starts
         import_torch(detection=True)
-        import napari_instseg.core.series.runs  # noqa: F401
+        from ..core.series import runs  # noqa: F401
 
         self.status.value = f"{series.summary()}. Labels in {series.labels_folder}."
         return series
@@ -319,9 +319,10 @@ class ImageSeriesWidget(Container):
             self.model.value = name
         self.progress.value = self.progress.max
         before = "n/a" if value.before is None else f"{value.before:.3f}"
-        outcome = f"validation {before} → {value.after:.3f}"
         if value.kept_base_weights:
             outcome = f"no checkpoint beat the starting model's {before}: its weights kept"
+        else:
+            outcome = f"validation {before} → {value.after:.3f}"
         rest = len(self.series.indices(SEGMENTED, NOT_SEGMENTED))
         self.resegment_button.enabled = rest > 0
         self.status.value = (

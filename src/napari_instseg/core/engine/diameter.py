@@ -86,14 +86,15 @@ class SlicePlan:
 
     def __init__(self, loaded, diameter, rescale: float, whole_image: bool = True):
         self.trained = loaded.info.object_diameter
-        default = loaded.info.images_diameter
-        if diameter is None and rescale == 1.0 and default and whole_image:
-            diameter = default  # the size of the images it was fine-tuned for
+        # the size of the images it was fine-tuned for (a block keeps the image's scale)
+        default = loaded.info.images_diameter if whole_image else None
+        if diameter is None and rescale == 1.0 and default:
+            diameter = default
         self.diameter = check_request(diameter, rescale, self.trained, loaded.name)
         self.rescale = rescale
         # "auto" looks first where the model expects its images' objects
         self.auto_start = 1.0
-        if self.diameter == "auto" and default and whole_image:
+        if self.diameter == "auto" and default:
             self.auto_start = rescale_for(default, self.trained)
         self.used: list[tuple[float | None, float]] = []  # (diameter, rescale) per slice
 

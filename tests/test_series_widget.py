@@ -103,3 +103,20 @@ def test_bad_folders_are_one_line_messages(make_napari_viewer, tmp_path):
     assert widget.open_folder(tmp_path / "empty") is None
     assert widget.status.value.startswith("Error:") and "no images" in widget.status.value
     assert widget.open_folder("") is None and "choose a folder" in widget.status.value
+
+
+def test_a_long_message_wraps_and_the_dock_scrolls(make_napari_viewer, qtbot):
+    """magicgui sizes a Label to its hint, about 80 characters wide: a long
+    status once widened the dock and narrowed the canvas; and a dock taller
+    than the window grew the window past a laptop's screen."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    _, widget = viewer.window.add_plugin_dock_widget("napari-instseg", "Image series")
+    qtbot.wait(100)
+    width, height = widget.native.width(), window.height()
+    widget.status.value = "Trained on 2 reviewed images: its weights kept. " * 8
+    widget._plot.setVisible(True)
+    qtbot.wait(100)
+    label = widget.status.native
+    assert widget.native.width() == width and window.height() == height
+    assert label.height() >= label.heightForWidth(label.width()) > 4 * label.fontMetrics().height()

@@ -6,18 +6,90 @@ import gc
 import threading
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Label, LineEdit
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, LineEdit, Widget
 
 _torch_import = threading.Lock()  # see import_torch
 _freezing_workers = 0  # see freeze_long_lived_objects_while
 _collection_queued = False  # a removal's collection waits for the next event-loop turn
 
 
-def wrapping_label(label: str = "", value: str = "") -> Label:
-    """A Label whose long messages wrap instead of widening the dock."""
-    widget = Label(label=label, value=value)
-    widget.native.setWordWrap(True)
-    return widget
+class WrappingLabel(Label):
+    """A Label whose long messages wrap at the dock's width."""
+
+    def __init__(self, label: str = "", value: str = ""):
+        from qtpy.QtWidgets import QSizePolicy
+
+        super().__init__(label=label, value=value)
+        self.native.setWordWrap(True)
+        # magicgui fixes a Label's size to its hint, about 80 characters wide
+        # for wrapping text: a long message widened the dock and narrowed the
+        # canvas. Its width now comes from the dock; and as the dock's layout
+        # never asks a label its height for a width, the label sets its own
+        # minimum height whenever its text or its width changes.
+        self.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self._resize_watch = _call_on_resize(self.native, self._fit_height)
+        self._fit_height()
+
+    @property
+    def value(self) -> str:
+        return Label.value.fget(self)
+
+    @value.setter
+    def value(self, text: str) -> None:
+        Label.value.fset(self, text)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        native = self.native
+        native.setMinimumHeight(max(native.heightForWidth(native.width()), 0))
+
+
+def _call_on_resize(widget, callback):
+    """An event filter that calls ``callback`` after each resize of ``widget``
+    (kept by the caller: Qt does not own Python filters)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class ResizeWatch(QObject):
+        def eventFilter(self, watched, event) -> bool:  # noqa: N802 (Qt's name)
+            if event.type() == QEvent.Type.Resize:
+                callback()
+            return False
+
+    watch = ResizeWatch(widget)
+    widget.installEventFilter(watch)
+    return watch
+
+
+def button_row(*buttons: Widget) -> Container:
+    """Buttons side by side on one row: a shorter dock that fits small screens."""
+    row = Container(widgets=buttons, layout="horizontal", labels=False)
+    row.margins = (0, 0, 0, 0)
+    return row
+
+
+def add_scrolling_controls(owner: Container, widgets: list[Widget], *below) -> None:
+    """Add ``widgets`` (labelled rows), then the Qt widgets ``below``, to
+    ``owner`` inside a scroll area, so a dock taller than a laptop's screen
+    scrolls instead of growing the window past it. napari docks a magicgui
+    widget's inner widget, never its scroll area, so ``owner`` holds the
+    area itself. It scrolls up and down only and keeps as wide as the
+    controls need (known once napari's style has sized them)."""
+    from qtpy.QtWidgets import QStyle
+
+    controls = Container(labels=True, scrollable=True)
+    controls.extend(widgets)
+    for native in below:
+        controls.native.layout().addWidget(native)
+    controls.native.layout().addStretch()  # rows at the top, as napari docks them
+    scroll = controls.root_native_widget
+    bar = scroll.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+
+    def fit_width() -> None:
+        scroll.setMinimumWidth(controls.native.minimumSizeHint().width() + bar + 2)
+
+    scroll._width_watch = _call_on_resize(controls.native, fit_width)
+    owner.margins = (0, 0, 0, 0)
+    owner.native.layout().addWidget(scroll)
 
 
 def device_picker(detection: bool = False) -> ComboBox:

@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton, SpinBox
 from ..core.labels import curation
 from ..core.types import InputError
 from . import result_links
-from ._common import wrapping_label
+from ._common import WrappingLabel
 from .result_links import link_of
 
 SPLIT_POINTS = "split points"
@@ -36,7 +36,7 @@ class CurationWidget(Container):
         self.relabel_button = PushButton(text="Relabel 1..N")
         self.undo_button = PushButton(text="Undo")
         self.redo_button = PushButton(text="Redo")
-        self.status = wrapping_label()
+        self.status = WrappingLabel()
         self.extend(
             [
                 self.labels_layer,

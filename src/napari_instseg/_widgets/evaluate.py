@@ -7,7 +7,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, PushButton, Table
 
 from .._layers import TAG
-from ._common import wrapping_label
+from ._common import WrappingLabel
 
 
 class EvaluateWidget(Container):
@@ -24,7 +24,7 @@ class EvaluateWidget(Container):
         )
         self.evaluate_button = PushButton(text="Evaluate")
         self.table = Table()
-        self.status = wrapping_label()
+        self.status = WrappingLabel()
         self.extend(
             [
                 self.ground_truth,

@@ -26,12 +26,14 @@ from magicgui.widgets import (
 from ..core.series.folder import NOT_SEGMENTED, REVIEWED, SEGMENTED
 from ._common import (
     UserError,
+    WrappingLabel,
+    add_scrolling_controls,
+    button_row,
     device_picker,
     error_message,
     freeze_long_lived_objects_while,
     import_torch,
     model_choices,
-    wrapping_label,
 )
 from .series_view import SeriesView
 from .train import _make_plot, show_training_step
@@ -42,7 +44,7 @@ COLUMNS = ["image", "state", "objects"]
 
 class ImageSeriesWidget(Container):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         from ..core.models import registry, user_settings
 
         user_settings.register_remembered_checkpoints()
@@ -54,7 +56,8 @@ class ImageSeriesWidget(Container):
         self._trained: str | None = None  # the model the last training made
         self.folder = FileEdit(label="Folder", mode="d", value="")
         self.recursive = CheckBox(text="Include sub-folders", value=False)
-        self.labels_folder = FileEdit(label="Labels folder (empty: FOLDER/labels)", mode="d")
+        self.labels_folder = FileEdit(label="Labels folder", mode="d")
+        self.labels_folder.line_edit.native.setPlaceholderText("empty: the folder's labels/")
         self.open_button = PushButton(text="Open folder")
         self.model = ComboBox(
             label="Model", choices=lambda _: model_choices("instance", "semantic")
@@ -65,7 +68,8 @@ class ImageSeriesWidget(Container):
         self.link = ComboBox(label="Link stacks across", choices=["none", "z", "t"], value="none")
         self.segment_button = PushButton(text="Segment all", enabled=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.table = Table(value={"data": [], "columns": COLUMNS})
+        self.table = Table(value={"data": [], "columns": COLUMNS}, label="Images")
+        self.table.native.setMinimumHeight(110)  # three images at least, however full the dock
         self.table.read_only = True
         self.table.native.setSelectionBehavior(self.table.native.SelectionBehavior.SelectRows)
         self.previous_button = PushButton(text=f"◀ Previous ({PREVIOUS_KEY})", enabled=False)
@@ -77,21 +81,22 @@ class ImageSeriesWidget(Container):
         self.resegment_button = PushButton(text="Re-segment the rest with it", enabled=False)
         self.measure_button = PushButton(text="Save measurements CSV", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self.status = wrapping_label()
-        self.extend(
-            [
-                self.folder, self.recursive, self.labels_folder, self.open_button, self.model,
-                self.device, self.link, self.segment_button, self.cancel_button, self.table,
-                self.previous_button, self.next_button, self.reviewed, self.save_button,
-                self.minutes, self.train_button, self.resegment_button, self.measure_button,
-                self.progress, self.status,
-            ]
-        )  # fmt: skip
+        self.status = WrappingLabel()
         # the loss and validation score while training, as in the Train widget
         self._figure, self._plot = _make_plot()
         self._plot.setVisible(False)
         self._history: dict[str, list] = {}
-        self.native.layout().addWidget(self._plot)
+        add_scrolling_controls(
+            self,
+            [
+                self.folder, self.recursive, self.labels_folder, self.open_button, self.model,
+                self.device, self.link, button_row(self.segment_button, self.cancel_button),
+                self.table, button_row(self.previous_button, self.next_button),
+                button_row(self.reviewed, self.save_button), self.minutes, self.train_button,
+                self.resegment_button, self.measure_button, self.progress, self.status,
+            ],
+            self._plot,
+        )  # fmt: skip
         self.open_button.changed.connect(lambda: self.open_folder())
         self.segment_button.changed.connect(lambda: self.segment_all())
         self.cancel_button.changed.connect(self.cancel)
@@ -124,7 +129,6 @@ class ImageSeriesWidget(Container):
         self.save_current()
         # the typed text: an empty FileEdit's value is the working folder
         folder = folder if folder is not None else self.folder.line_edit.value.strip()
-        folder = "" if str(folder) == "." else folder
         if labels_folder is None:
             typed = self.labels_folder.line_edit.value.strip()
             labels_folder = None if typed in ("", ".") else typed
@@ -263,8 +267,7 @@ class ImageSeriesWidget(Container):
 
         if isinstance(event, SeriesProgress):
             self.progress.max = max(1, event.images * 100)
-            tiles = event.tiles.fraction
-            self.progress.value = int(100 * (event.done_images + tiles))
+            self.progress.value = int(100 * (event.done_images + event.tiles.fraction))
             key = self.series.images[event.image].key
             self.status.value = f"Segmenting {key} ({event.done_images + 1} of {event.images})…"
         elif isinstance(event, (ImageSegmented, ImageFailed)):
@@ -300,11 +303,10 @@ class ImageSeriesWidget(Container):
             import_torch(detection=True)
             from ..core.series.runs import iter_train_on_reviewed
 
-            trained = yield from iter_train_on_reviewed(
+            return (yield from iter_train_on_reviewed(
                 series, base_name, output, minutes=None if epochs else minutes, epochs=epochs,
                 device=device,
-            )  # fmt: skip
-            return trained
+            ))  # fmt: skip
 
         return self._start(work, self._on_train_step, self._on_trained, blocking)
 

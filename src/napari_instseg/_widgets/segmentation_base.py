@@ -35,6 +35,9 @@ from ..core.models.architectures import INSTANCE, SEMANTIC
 from ._common import (
     LINK_CHOICES,
     UserError,
+    WrappingLabel,
+    add_scrolling_controls,
+    button_row,
     data_to_segment,
     default_link,
     device_picker,
@@ -46,7 +49,6 @@ from ._common import (
     model_choices,
     parse_diameter,
     sizing_controls,
-    wrapping_label,
 )
 from .result_layers import ResultLayerWriter, link_boxes_and_labels, with_built_layers
 from .result_links import link_result, unlink_layer
@@ -65,7 +67,7 @@ class SegmentationWidget(Container):
     task = INSTANCE
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self._worker = None
         self._activity = None  # napari progress shown while a worker runs
@@ -91,26 +93,16 @@ class SegmentationWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self.status = wrapping_label()
-        self.extend(
+        self.status = WrappingLabel()
+        add_scrolling_controls(
+            self,
             [
-                self.image_layer,
-                self.model,
-                self.device,
-                *self._task_controls(),
-                self.diameter,
-                self.augment,
-                self.channel_axis,
-                self.scope,
-                self.link,
-                self.tile_size,
-                *self.zarr_output.widgets,
-                self.run_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
-            ]
-        )
+                self.image_layer, self.model, self.device, *self._task_controls(),
+                self.diameter, self.augment, self.channel_axis, self.scope, self.link,
+                self.tile_size, *self.zarr_output.widgets,
+                button_row(self.run_button, self.cancel_button), self.progress, self.status,
+            ],
+        )  # fmt: skip
         self._on_model_changed(self.model.value)  # the default model's stored settings
         self.run_button.changed.connect(lambda: self.run(blocking=False))
         self.cancel_button.changed.connect(self.cancel)

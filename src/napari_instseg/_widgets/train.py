@@ -22,10 +22,12 @@ from magicgui.widgets import (
 )
 
 from ._common import (
+    WrappingLabel,
+    add_scrolling_controls,
+    button_row,
     device_picker,
     freeze_long_lived_objects_while,
     import_torch,
-    wrapping_label,
 )
 
 DEFAULT_OUTPUT = Path.home() / "napari-instseg-models" / "finetuned.safetensors"
@@ -40,7 +42,7 @@ class Prepared:
 
 class TrainWidget(Container):
     def __init__(self, napari_viewer):
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         from ..core.models import registry
 
         self.viewer = napari_viewer
@@ -51,7 +53,7 @@ class TrainWidget(Container):
         self.labels_layer = ComboBox(label="Labels", choices=self._layers_of("Labels"))
         self.add_pair_button = PushButton(text="Add pair")
         self.clear_pairs_button = PushButton(text="Clear pairs")
-        self.pairs_label = wrapping_label("Pairs", "none")
+        self.pairs_label = WrappingLabel("Pairs", "none")
         self.images_dir = FileEdit(label="or images folder", mode="d", value="")
         self.masks_dir = FileEdit(label="masks folder", mode="d", value="")
         self.base_model = ComboBox(label="Base model", choices=list(registry.list_models()))
@@ -70,31 +72,19 @@ class TrainWidget(Container):
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="Progress", min=0, max=1, value=0)
-        self.status = wrapping_label()
-        self.extend(
-            [
-                self.image_layer,
-                self.labels_layer,
-                self.add_pair_button,
-                self.clear_pairs_button,
-                self.pairs_label,
-                self.images_dir,
-                self.masks_dir,
-                self.base_model,
-                self.minutes,
-                self.epochs,
-                self.val_fraction,
-                self.annotated_only,
-                self.device,
-                self.output,
-                self.train_button,
-                self.cancel_button,
-                self.progress,
-                self.status,
-            ]
-        )
+        self.status = WrappingLabel()
         self._figure, self._canvas = _make_plot()
-        self.native.layout().addWidget(self._canvas)
+        add_scrolling_controls(
+            self,
+            [
+                self.image_layer, self.labels_layer,
+                button_row(self.add_pair_button, self.clear_pairs_button), self.pairs_label,
+                self.images_dir, self.masks_dir, self.base_model, self.minutes, self.epochs,
+                self.val_fraction, self.annotated_only, self.device, self.output,
+                button_row(self.train_button, self.cancel_button), self.progress, self.status,
+            ],
+            self._canvas,
+        )  # fmt: skip
         self.add_pair_button.changed.connect(self.add_pair)
         self.clear_pairs_button.changed.connect(self.clear_pairs)
         self.train_button.changed.connect(lambda: self.train(blocking=False))

@@ -53,6 +53,7 @@ def test_cli_fine_tunes_a_unet_and_the_result_predicts(
     assert loaded.info.name == "mine" and loaded.info.training["base_model"]
     assert len(loaded.info.training["val_images"]) == 1
     assert {"seed_threshold", "min_size"} <= loaded.info.postprocess.keys()  # re-tuned
+    assert "validation share" in loaded.info.postprocess["tuned_on"]
     assert segment_semantic(np.random.rand(40, 40), out).classes.shape == (40, 40)
     assert "saved" in capsys.readouterr().out
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0]

@@ -80,6 +80,8 @@ def demo(new_viewer, app, out):
         if layer.name.startswith("nuclei classes"):
             layer.visible = False
     settle(app)
+    viewer.reset_view()  # the docks took their width after the image was framed
+    settle(app)
     viewer.screenshot(str(out / "demo.png"), canvas_only=False)
     viewer.close()
     return widget_name

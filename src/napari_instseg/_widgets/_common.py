@@ -67,6 +67,9 @@ def button_row(*buttons: Widget) -> Container:
     return row
 
 
+SCROLLING_DOCK_MIN_HEIGHT = 320  # px: two docks in napari's default 651 px window
+
+
 def add_scrolling_controls(owner: Container, widgets: list[Widget], *below) -> None:
     """Add ``widgets`` (labelled rows), then the Qt widgets ``below``, to
     ``owner`` inside a scroll area, so a dock taller than a laptop's screen
@@ -84,10 +87,13 @@ def add_scrolling_controls(owner: Container, widgets: list[Widget], *below) -> N
     scroll = controls.root_native_widget
     bar = scroll.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
 
-    def fit_width() -> None:
-        scroll.setMinimumWidth(controls.native.minimumSizeHint().width() + bar + 2)
+    def fit() -> None:
+        needed = controls.native.minimumSizeHint()
+        scroll.setMinimumWidth(needed.width() + bar + 2)
+        # and tall enough for its first rows when a second dock shares the column
+        scroll.setMinimumHeight(min(needed.height(), SCROLLING_DOCK_MIN_HEIGHT))
 
-    scroll._width_watch = _call_on_resize(controls.native, fit_width)
+    scroll._size_watch = _call_on_resize(controls.native, fit)
     owner.margins = (0, 0, 0, 0)
     owner.native.layout().addWidget(scroll)
 

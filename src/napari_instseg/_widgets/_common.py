@@ -27,7 +27,7 @@ class WrappingLabel(Label):
         # never asks a label its height for a width, the label sets its own
         # minimum height whenever its text or its width changes.
         self.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
-        self._resize_watch = _call_on_resize(self.native, self._fit_height)
+        _call_on_resize(self.native, self._fit_height)
         self._fit_height()
 
     @property
@@ -46,7 +46,7 @@ class WrappingLabel(Label):
 
 def _call_on_resize(widget, callback):
     """An event filter that calls ``callback`` after each resize of ``widget``
-    (kept by the caller: Qt does not own Python filters)."""
+    (its child: it lives as long as ``widget`` does)."""
     from qtpy.QtCore import QEvent, QObject
 
     class ResizeWatch(QObject):
@@ -93,7 +93,7 @@ def add_scrolling_controls(owner: Container, widgets: list[Widget], *below) -> N
         # and tall enough for its first rows when a second dock shares the column
         scroll.setMinimumHeight(min(needed.height(), SCROLLING_DOCK_MIN_HEIGHT))
 
-    scroll._size_watch = _call_on_resize(controls.native, fit)
+    _call_on_resize(controls.native, fit)
     owner.margins = (0, 0, 0, 0)
     owner.native.layout().addWidget(scroll)
 

@@ -43,16 +43,20 @@ def intensity_columns(
     if len(names) != count:
         raise ValueError(f"{count} channels but {len(names)} channel names")
     ids = np.asarray(label_ids, np.int64)
+    # the objects' pixels only: the median sorts every pixel it is given, and
+    # the background was most of them (17 of 22 ms per 520x696 image shown)
+    inside = labels > 0
+    object_labels = labels[inside]
     columns = {}
     for k in range(count):
-        plane = planes[..., k].astype(np.float64, copy=False)
+        plane = planes[..., k][inside].astype(np.float64, copy=False)
         suffix = "" if single else f"_{names[k]}"
         for statistic, measure in (
             ("mean", ndimage.mean),
             ("median", ndimage.median),
             ("sum", ndimage.sum),
         ):
-            values = measure(plane, labels, ids) if len(ids) else []
+            values = measure(plane, object_labels, ids) if len(ids) else []
             columns[f"{statistic}_intensity{suffix}"] = np.asarray(values, np.float64)
     return columns
 

@@ -45,6 +45,8 @@ def test_segment_step_correct_reopen_and_keep_the_correction(make_napari_viewer,
     labels = widget.view.layers["labels"]
     assert labels.data.max() > 5  # the image on screen shows its result at once
     assert len(widget.view.layers["boxes"].data) == len(np.unique(labels.data)) - 1
+    # boxes filling a layer that was empty are rectangles, whose corners move together
+    assert set(widget.view.layers["boxes"].shape_type) == {"rectangle"}
     ids = np.unique(labels.data)[1:]
     erased = int(ids[len(ids) // 2])
     labels.data_setitem(np.nonzero(labels.data == erased), 0)  # the user erases one object

@@ -92,7 +92,12 @@ class _WrittenLayer:
 
 
 def update_layer(layer, data, kwargs) -> None:
-    layer.data = data
+    if "shape_type" in kwargs:
+        # napari gives new shapes the type of the layer's shapes, and "polygon"
+        # when it had none: boxes would become polygons whose corners move apart
+        layer.data = (data, [kwargs["shape_type"]] * len(data))
+    else:
+        layer.data = data
     for key in ("scale", "translate", "rotate", "shear", "affine", "features", "metadata"):
         if key in kwargs:
             setattr(layer, key, kwargs[key])

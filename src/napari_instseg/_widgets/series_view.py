@@ -94,7 +94,7 @@ class SeriesView:
             and labels_layer.data.ndim == np.ndim(labels_data)
         )
         if reuse:  # the same image layer underneath: its geometry is theirs already
-            keep = ("features", "metadata", "edge_color")
+            keep = ("features", "metadata", "edge_color", "shape_type")
             update_layer(labels_layer, labels_data, {k: labels_kwargs[k] for k in keep
                                                      if k in labels_kwargs})  # fmt: skip
             update_layer(boxes_layer, boxes_data, {k: boxes_kwargs[k] for k in keep

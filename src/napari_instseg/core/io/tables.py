@@ -45,6 +45,7 @@ def intensity_columns(
     ids = np.asarray(label_ids, np.int64)
     # the objects' pixels only: the median sorts every pixel it is given, and
     # the background was most of them (17 of 22 ms per 520x696 image shown)
+    labels = np.asarray(labels)  # a zarr or dask array, in block-wise runs
     inside = labels > 0
     object_labels = labels[inside]
     columns = {}

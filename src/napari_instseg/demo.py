@@ -47,7 +47,8 @@ def run_demo(screenshot: str | None = None, model: str | None = None) -> int:
         print(f"segmented the nuclei sample with {choice[1]}: {widget.status.value}")
     from qtpy.QtWidgets import QApplication
 
-    QApplication.processEvents()
+    for _ in range(5):  # the docks take their width over a few turns of the event loop
+        QApplication.processEvents()
     viewer.reset_view()  # fit the image into the canvas left beside the docks
     for layer in viewer.layers:
         if "classes" in layer.name:

@@ -582,3 +582,23 @@ def test_a_large_image_whose_labels_cannot_fit_is_refused_before_any_work(
     assert widget.status.value.startswith("Error: the labels of 67.1 Mpx need up to 268.4 MB")
     assert "Block by block into a zarr file" in widget.status.value
     assert len(viewer.layers) == layers
+
+
+@pytest.mark.bundled
+def test_boxes_a_rerun_adds_in_place_are_rectangles(make_napari_viewer):
+    """napari gives shapes added by setting a layer's data the type of its
+    shapes before, "polygon" for an empty layer: boxes then bent when dragged."""
+    from napari_instseg._sample_data import load_sample
+    from napari_instseg._widgets.segment import InstanceSegmentationWidget
+
+    viewer = make_napari_viewer()
+    field = load_sample("nuclei")[:160, :200]
+    image = viewer.add_image(np.zeros_like(field), name="field")
+    widget = InstanceSegmentationWidget(viewer)
+    widget.model.value = "nuclei-maskrcnn"
+    first = widget.run(blocking=True)
+    assert len(first[-1].data) == 0  # nothing on a black field
+    image.data = field
+    again = widget.run(blocking=True)
+    assert again[-1] is first[-1] and len(again[-1].data) > 3  # updated in place
+    assert set(again[-1].shape_type) == {"rectangle"}

@@ -134,23 +134,22 @@ def run(model_name: str, domain: str, args) -> list[dict]:
     series = ImageSeries(folder)
     base = load_model(model_name, "cpu")
 
-    test_fixes = []  # per test image, the last call's: the same images in every round
-
     def test_scores(model, diameter=None):
+        """AP50, AP75 and the objects to fix per image on the test share (the
+        same images in every round)."""
         total = None
         for _, image, labels in test:
             pred = segment(image, model, device="cpu", diameter=diameter)[0].labels
             counts = match_counts(labels, pred, [0.5, 0.75])
             total = counts if total is None else total + counts
         ap = total.summary()["ap"]
-        test_fixes.append((total.fp[0] + total.fn[0]) / len(test))
-        return float(ap[0]), float(ap[1])
+        return float(ap[0]), float(ap[1]), (total.fp[0] + total.fn[0]) / len(test)
 
     drain(iter_segment_series(series, base, device="cpu"))
     rows, model, reviewed = [], base, 0
-    ap50, ap75 = test_scores(base)
+    ap50, ap75, test_fixes = test_scores(base)
     rows.append({"k": 0, "ap50": ap50, "ap75": ap75, "fixes": None, "minutes": 0.0,
-                 "test_fixes": test_fixes[-1]})  # fmt: skip
+                 "test_fixes": test_fixes})  # fmt: skip
     for k in args.rounds:
         shown = [series.read_labels(i) for i in range(reviewed, k)]
         fixed = [fixes(truth[series.images[i].key], labels) for i, labels in
@@ -172,8 +171,7 @@ def run(model_name: str, domain: str, args) -> list[dict]:
         model = load_model(saved, "cpu")
         segmented = drain(iter_segment_series(series, model, redo_segmented=True, device="cpu"))
         # the test share is the rest of the folder: segmented as the series does
-        ap50, ap75 = test_scores(model, segmented.diameter)
-        round_test_fixes = test_fixes[-1]
+        ap50, ap75, test_fixes = test_scores(model, segmented.diameter)
         others = {}
         if args.compare:
             others = {f"diameter {d}": test_scores(model, d) for d in (None, "auto")}
@@ -181,15 +179,15 @@ def run(model_name: str, domain: str, args) -> list[dict]:
             others["bundled model, same diameter"] = test_scores(base, segmented.diameter)
         rows.append({"k": k, "ap50": ap50, "ap75": ap75, "fixes": np.mean(fixed),
                      "fixes_per_100": 100 * sum(fixed) / max(objects, 1),
-                     "test_fixes": round_test_fixes,
+                     "test_fixes": test_fixes,
                      "minutes": minutes, "kept": job.trainer.state.best_iteration,
                      "iterations": job.trainer.state.iteration})  # fmt: skip
         print(
             f"  {model_name} {domain} k={k}: AP50 {ap50:.3f} AP75 {ap75:.3f} "
             f"(diameter {segmented.diameter}), "
             f"{np.mean(fixed):.1f} fixes per corrected image, "
-            f"{round_test_fixes:.1f} per test image, {minutes:.1f} min; "
-            + ", ".join(f"{what}: {a:.3f}/{b:.3f}" for what, (a, b) in others.items()),
+            f"{test_fixes:.1f} per test image, {minutes:.1f} min; "
+            + ", ".join(f"{what}: {a:.3f}/{b:.3f}" for what, (a, b, _) in others.items()),
             flush=True,
         )
     return rows

@@ -44,9 +44,9 @@ class WrappingLabel(Label):
         native.setMinimumHeight(max(native.heightForWidth(native.width()), 0))
 
 
-def _call_on_resize(widget, callback):
-    """An event filter that calls ``callback`` after each resize of ``widget``
-    (its child: it lives as long as ``widget`` does)."""
+def _call_on_resize(widget, callback) -> None:
+    """Call ``callback`` after each resize of ``widget`` (an event filter, its
+    child: it lives as long as ``widget`` does)."""
     from qtpy.QtCore import QEvent, QObject
 
     class ResizeWatch(QObject):
@@ -55,9 +55,7 @@ def _call_on_resize(widget, callback):
                 callback()
             return False
 
-    watch = ResizeWatch(widget)
-    widget.installEventFilter(watch)
-    return watch
+    widget.installEventFilter(ResizeWatch(widget))
 
 
 def button_row(*buttons: Widget) -> Container:

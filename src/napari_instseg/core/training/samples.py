@@ -3,7 +3,7 @@ train on (U-Net classes, touching zones, ignored pixels)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -70,10 +70,8 @@ class AnnotatedImage:
             anti_aliasing=factor < 1, preserve_range=True,
         )  # fmt: skip
         labels = resize(self.labels, shape, order=0, preserve_range=True, anti_aliasing=False)
-        return AnnotatedImage(
-            self.name, image[: shape[0], : shape[1]], labels.astype(self.labels.dtype),
-            self.lows, self.highs, self.instance_classes, self.ignore_value,
-        )  # fmt: skip
+        labels = labels.astype(self.labels.dtype)
+        return replace(self, image=image[: shape[0], : shape[1]], labels=labels)
 
     def split_off(self, fraction: float) -> tuple[AnnotatedImage, AnnotatedImage]:
         """The image cut across its longer side: the first ``1 - fraction`` of
@@ -83,10 +81,7 @@ class AnnotatedImage:
 
         def part(span: slice, name: str) -> AnnotatedImage:
             index = (span, slice(None)) if axis == 0 else (slice(None), span)
-            return AnnotatedImage(
-                name, self.image[index], self.labels[index], self.lows, self.highs,
-                self.instance_classes, self.ignore_value,
-            )  # fmt: skip
+            return replace(self, name=name, image=self.image[index], labels=self.labels[index])
 
         return part(slice(0, cut), self.name), part(slice(cut, None), f"{self.name} (strip)")
 
